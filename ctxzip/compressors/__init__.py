@@ -1,0 +1,1 @@
+"""Built-in compressors, one per module, registered by name (see :mod:`ctxzip.registry`)."""
