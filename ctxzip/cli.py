@@ -192,9 +192,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CtxzipError as exc:
         print(f"ctxzip {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return 0
     except (OSError, ValueError) as exc:
         print(f"ctxzip {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return 0
     except KeyboardInterrupt:
         return 130
 
