@@ -13,7 +13,7 @@ Storage
     :meth:`Ledger.export_jsonl` / :meth:`Ledger.import_jsonl` move events to and from JSON Lines
     (one event per line, ids make imports idempotent); :func:`read_events` also reads a ``.jsonl`` file directly.
 
-:func:`record` is cheap (one prepared insert, ~0.1 ms) and never raises into the caller: a failing ledger logs a
+:func:`record` is cheap (one short insert, well under a millisecond) and never raises into the caller: a failing ledger logs a
 warning and the compression goes on.
 """
 
@@ -223,7 +223,7 @@ def _row(event: LedgerEvent) -> tuple[Any, ...]:
 
 
 def _event(row: tuple[Any, ...]) -> LedgerEvent:
-    d = dict(zip(_COLUMNS, row))
+    d = dict(zip(_COLUMNS, row, strict=True))
     d["time"] = datetime.fromtimestamp(d["time"], tz=timezone.utc)
     d["prefix_changed"] = None if d["prefix_changed"] is None else bool(d["prefix_changed"])
     d["cache_hit"] = bool(d["cache_hit"])
@@ -492,7 +492,7 @@ def record(
     """
     if _suppress.get():
         return None
-    where = "?"
+    where = str(ledger) if isinstance(ledger, (str, os.PathLike)) else "(default)"
     try:
         target = _resolve(ledger)
         if target is None:

@@ -43,6 +43,30 @@ def _joined(texts: Sequence[str]) -> str:
     return DOC_SEPARATOR.join(t for t in texts if t)
 
 
+def _take(order: np.ndarray, costs: np.ndarray, room: float, fill: int = 4000) -> np.ndarray:
+    """Indices (into ``order``'s domain) of the best units that fit in ``room``.
+
+    The prefix of ``order`` that fits is taken; then up to ``fill`` further candidates are scanned and taken when
+    they still fit (so one expensive unit does not stop the selection early).
+    """
+    csum = np.cumsum(costs[order])
+    n = int(np.searchsorted(csum, room, side="right"))
+    taken = [order[:n]]
+    left = room - (float(csum[n - 1]) if n else 0.0)
+    extra = []
+    if left >= 1:
+        for i in order[n : n + fill].tolist():
+            c = costs[i]
+            if c <= left:
+                extra.append(i)
+                left -= c
+                if left < 1:
+                    break
+    if extra:
+        taken.append(np.array(extra, dtype=order.dtype))
+    return np.concatenate(taken) if len(taken) > 1 else taken[0]
+
+
 def _greedy(
     docs: Sequence[Units],
     scores: Sequence[np.ndarray],
@@ -72,8 +96,7 @@ def _greedy(
             return keeps
         sc = np.where(np.isfinite(sc), sc, -np.inf)
         order = np.argsort(-sc, kind="stable")
-        csum = np.cumsum(co[order])
-        take = order[: int(np.searchsorted(csum, room, side="right"))]
+        take = _take(order, co, room)
         for d, i in zip(ow[0, take].tolist(), ow[1, take].tolist()):
             keeps[d][i] = True
         return keeps
@@ -85,8 +108,7 @@ def _greedy(
         sc = np.asarray(s, dtype=np.float64)[sel]
         sc = np.where(np.isfinite(sc), sc, -np.inf)
         order = np.argsort(-sc, kind="stable")
-        csum = np.cumsum(u.costs[sel][order])
-        take = sel[order[: int(np.searchsorted(csum, room, side="right"))]]
+        take = sel[_take(order, u.costs[sel], room)]
         keeps[d][take] = True
     return keeps
 
