@@ -181,6 +181,18 @@ def encoding_for_model(model: str) -> str:
 _lock = threading.Lock()
 
 
+def _local_model_tokenizer(name: str) -> str | None:
+    """Tokenizer directory of a model known to :mod:`ctxzip.models` (a shipped default or a local path)."""
+    try:
+        from .models import ensure_converted, resolve
+    except ImportError:
+        return None
+    try:
+        return str(ensure_converted(resolve(name)))
+    except (UnknownNameError, ImportError):
+        return None
+
+
 @functools.lru_cache(maxsize=64)
 def _counter(target_model: str) -> TokenCounter:
     m = target_model.strip()
@@ -195,14 +207,9 @@ def _counter(target_model: str) -> TokenCounter:
     for prefix, factor in ESTIMATE_FACTORS.items():
         if bare.startswith(prefix) or low.startswith(prefix + "/"):
             return TiktokenCounter(f"o200k_base~{prefix}", exact=False, factor=factor)
-    try:
-        from .models import known_model_path  # local model names (smollm2-135m, gemma-3-270m)
-
-        path = known_model_path(m)
-    except (ImportError, AttributeError):
-        path = None
+    path = _local_model_tokenizer(m)
     if path is not None:
-        return HFCounter(name=m, path=str(path))
+        return HFCounter(name=m, path=path)
     raise UnknownNameError(
         "target model",
         m,

@@ -1,0 +1,6 @@
+"""The ctxzip HTTP sidecar (extra ``[service]``): ``ctxzip serve``.
+
+Endpoints: ``POST /v1/compress``, the OpenAI-compatible compressing proxy ``POST /v1/chat/completions`` (plus
+``/v1/embeddings`` and ``/v1/models`` passed through), ``GET /v1/retrieve/{hash}``, ``/livez``, ``/readyz``,
+``/metrics`` and ``/openapi.json``. Build the app with :func:`ctxzip.service.app.create_app`.
+"""

@@ -1,0 +1,539 @@
+"""The sidecar application: :func:`create_app` builds a FastAPI app from a :class:`ServiceConfig`."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, Literal
+
+from ctxzip._lazy import require
+
+require("fastapi", feature="the sidecar")
+require("httpx", feature="the sidecar's proxy")
+
+import httpx  # noqa: E402
+from fastapi import Depends, FastAPI, Header, HTTPException, Request  # noqa: E402
+from fastapi.responses import JSONResponse, Response, StreamingResponse  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator  # noqa: E402
+
+import ctxzip  # noqa: E402
+from ctxzip.errors import (  # noqa: E402
+    ConfigError,
+    CtxzipError,
+    InputError,
+    RetrievalError,
+    UnknownNameError,
+)
+
+from .config import ServiceConfig  # noqa: E402
+from .metrics import Metrics  # noqa: E402
+
+__all__ = ["create_app", "app_factory"]
+
+log = logging.getLogger("ctxzip.service")
+
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "content-encoding",
+    "x-ctxzip-key",
+    "x-ctxzip-bypass",
+}
+
+
+# ------------------------------------------------------------------ schemas
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class GatewayCompressRequest(BaseModel):
+    """The shape API gateways call for compression guardrails."""
+
+    model_config = ConfigDict(extra="forbid")
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = Field(min_length=1)
+    token_budget: int | None = Field(default=None, gt=0)
+    config: dict[str, Any] | None = None
+
+
+class GatewayCompressResponse(BaseModel):
+    messages: list[dict[str, Any]]
+    tokens_before: int
+    tokens_after: int
+    tokens_saved: int
+    compression_ratio: float
+    transforms_applied: list[str]
+    ccr_hashes: list[str]
+
+
+class DocumentsCompressRequest(BaseModel):
+    """The library's own call: documents or a context string, a question and a budget."""
+
+    model_config = ConfigDict(extra="forbid")
+    documents: list[str | dict[str, Any]] | None = None
+    context: str | list[str | dict[str, Any]] | None = None
+    question: str | None = None
+    instruction: str | None = None
+    rate: float | None = Field(default=None, gt=0, le=1)
+    target_tokens: int | None = Field(default=None, gt=0)
+    method: str = "auto"
+    target_model: str = "gpt-4o"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DocumentsCompressRequest:
+        if (self.documents is None) == (self.context is None):
+            raise ValueError("give exactly one of 'documents' or 'context'")
+        if (self.rate is None) == (self.target_tokens is None):
+            raise ValueError("give exactly one of 'rate' (0 < rate <= 1) or 'target_tokens'")
+        return self
+
+
+def _shape(body: Any) -> str:
+    """Gateway requests carry ``messages``; everything else is a documents request."""
+    if isinstance(body, dict):
+        return "gateway" if "messages" in body else "documents"
+    return "gateway" if isinstance(body, GatewayCompressRequest) else "documents"
+
+
+CompressBody = Annotated[
+    Annotated[GatewayCompressRequest, Tag("gateway")] | Annotated[DocumentsCompressRequest, Tag("documents")],
+    Discriminator(_shape),
+]
+
+
+class DocumentOut(BaseModel):
+    index: int
+    title: str | None
+    text: str
+    metadata: dict[str, Any]
+    origin_tokens: int
+    compressed_tokens: int
+    kept_fraction: float
+    dropped: bool
+    spans: list[list[int]]
+
+
+class DocumentsCompressResponse(BaseModel):
+    compressed: str
+    method: str
+    method_version: str
+    origin_tokens: int
+    compressed_tokens: int
+    rate: float
+    ratio: float | None
+    seconds: float
+    target_model: str
+    tokenizer: str
+    tokens_exact: bool
+    cache_hits: int
+    routes: list[str]
+    warnings: list[str]
+    documents: list[DocumentOut]
+
+
+class RetrieveResponse(BaseModel):
+    hash: str
+    original: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "error"]
+    detail: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: dict[str, Any]
+
+
+# ------------------------------------------------------------------ state
+class _State:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.workers, thread_name_prefix="ctxzip-compress"
+        )
+        self.inflight = 0
+        self.ready = threading.Event()
+        self.ready_error: str | None = None
+        self.client: httpx.AsyncClient | None = None
+        self.ledger: Any = None
+
+    def preload(self) -> None:
+        try:
+            from ctxzip.api import shared_compressor
+
+            for name in self.config.preload:
+                shared_compressor(name).load()
+            self.ready.set()
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz
+            self.ready_error = f"{type(exc).__name__}: {exc}"
+            log.error("preloading models failed: %s", self.ready_error)
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` in the bounded pool with the per-request timeout; 429 beyond the queue bound."""
+        cfg = self.config
+        if self.inflight >= cfg.workers + cfg.max_queue:
+            self.metrics.rejected.inc()
+            raise HTTPException(429, "compression queue is full; retry shortly", headers={"Retry-After": "1"})
+        self.inflight += 1
+        self.metrics.queue.set(self.inflight)
+        fut = self.executor.submit(lambda: fn(*args, **kwargs))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout=cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            fut.cancel()
+            raise HTTPException(504, f"compression took longer than {cfg.request_timeout_s:g}s") from None
+        finally:
+            self.inflight -= 1
+            self.metrics.queue.set(self.inflight)
+
+    def record(self, *, route: str, app: str | None, model: str, method: str, before: int, after: int,
+               seconds: float, cache_hit: bool = False) -> None:
+        if not self.config.ledger:
+            return
+        try:
+            from ctxzip import ledger as ledger_mod
+
+            if self.ledger is None:
+                self.ledger = ledger_mod.Ledger(self.config.ledger_path)
+            event = ledger_mod.LedgerEvent(
+                time=datetime.now(timezone.utc), target_model=model, tokens_before=before, tokens_after=after,
+                method=method, seconds=seconds, route=route, app=app, cache_hit=cache_hit,
+            )
+            self.ledger.append(event)
+        except Exception as exc:  # noqa: BLE001 - the ledger never fails a request
+            log.warning("could not write the savings ledger: %s", exc)
+
+
+# ------------------------------------------------------------------ helpers
+def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message, **extra}}, status_code=status)
+
+
+def _messages_call(
+    messages: list[dict[str, Any]], *, model: str, config: ServiceConfig, overrides: dict[str, Any], namespace: str,
+    token_budget: int | None = None,
+) -> Any:
+    """Compress chat messages with the configured policy (overridable per request)."""
+    over = dict(overrides)
+    rate = over.pop("rate", config.rate)
+    target = over.pop("target_tokens", token_budget if token_budget is not None else config.target_tokens)
+    if token_budget is not None:
+        target, rate = token_budget, None
+    elif target is not None:
+        rate = None
+    policy = {**config.policy, **over.pop("policy", {})}
+    method = over.pop("method", config.method)
+    reversible = bool(over.pop("reversible", config.reversible))
+    if over:
+        raise ConfigError(
+            f"unknown config key(s) {sorted(over)}; valid: rate, target_tokens, policy, method, reversible"
+        )
+    budget: dict[str, Any] = {"target_tokens": target} if target is not None else {"rate": rate}
+    return ctxzip.compress_messages(
+        messages, model=model, policy=policy or None, method=method, reversible=reversible, namespace=namespace,
+        **budget,
+    )
+
+
+def _summary(out: Any) -> dict[str, Any]:
+    before = int(out.tokens_before)
+    after = int(out.tokens_after)
+    return {
+        "messages": list(out.messages),
+        "tokens_before": before,
+        "tokens_after": after,
+        "tokens_saved": before - after,
+        "compression_ratio": (before / after) if after else 0.0,
+        "transforms_applied": list(getattr(out, "transforms", ()) or ()),
+        "ccr_hashes": list(getattr(out, "hashes", ()) or ()),
+    }
+
+
+# ------------------------------------------------------------------ app
+def create_app(config: ServiceConfig | None = None) -> FastAPI:
+    config = config or ServiceConfig.load()
+    state = _State(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state.client = httpx.AsyncClient(timeout=httpx.Timeout(config.upstream_timeout_s, connect=10.0))
+        if config.preload:
+            threading.Thread(target=state.preload, name="ctxzip-preload", daemon=True).start()
+        else:
+            state.ready.set()
+        try:
+            yield
+        finally:
+            await state.client.aclose()
+            state.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="ctxzip sidecar",
+        version=ctxzip.__version__,
+        description="Prompt and context compression as a service, with an OpenAI-compatible compressing proxy.",
+        lifespan=lifespan,
+    )
+    app.state.ctxzip = state
+
+    # body size limit (also for chunked bodies without Content-Length)
+    @app.middleware("http")
+    async def limits_and_metrics(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > config.max_body_bytes
+            except ValueError:
+                return _error(400, "bad_request", "invalid Content-Length header")
+            if too_big:
+                state.metrics.requests.labels(request.url.path, "413").inc()
+                return _error(413, "payload_too_large", f"request body over {config.max_body_bytes} bytes")
+        elif request.method in ("POST", "PUT", "PATCH"):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > config.max_body_bytes:
+                    state.metrics.requests.labels(request.url.path, "413").inc()
+                    return _error(413, "payload_too_large", f"request body over {config.max_body_bytes} bytes")
+            request._body = body  # noqa: SLF001 - starlette caches the body here for later reads
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", request.url.path)
+        state.metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(UnknownNameError)
+    async def _unknown(_: Request, exc: UnknownNameError) -> JSONResponse:
+        return _error(400, "unknown_name", str(exc), valid=list(exc.valid))
+
+    @app.exception_handler(InputError)
+    async def _bad_input(_: Request, exc: InputError) -> JSONResponse:
+        return _error(422, "invalid_input", str(exc))
+
+    @app.exception_handler(RetrievalError)
+    async def _retrieval(_: Request, exc: RetrievalError) -> JSONResponse:
+        return _error(404, "not_found", str(exc))
+
+    @app.exception_handler(CtxzipError)
+    async def _ctxzip(_: Request, exc: CtxzipError) -> JSONResponse:
+        return _error(500, type(exc).__name__, str(exc))
+
+    def api_key(
+        x_ctxzip_key: str | None = Header(default=None, description="the sidecar's own API key"),
+        authorization: str | None = Header(default=None, include_in_schema=False),
+    ) -> str:
+        """The caller's key (namespace for reversible originals). Only enforced when keys are configured."""
+        if not config.api_keys:
+            return x_ctxzip_key or "default"
+        key = x_ctxzip_key
+        if key is None and authorization and authorization.lower().startswith("bearer "):
+            key = authorization[7:].strip()
+        if key not in config.api_keys:
+            raise HTTPException(401, "missing or invalid sidecar key (send it in x-ctxzip-key)")
+        return key
+
+    def proxy_key(x_ctxzip_key: str | None = Header(default=None, description="the sidecar's own API key")) -> str:
+        """Proxy endpoints forward Authorization upstream, so the sidecar key travels in x-ctxzip-key."""
+        if not config.api_keys:
+            return x_ctxzip_key or "default"
+        if x_ctxzip_key not in config.api_keys:
+            raise HTTPException(401, "missing or invalid sidecar key (send it in x-ctxzip-key)")
+        return x_ctxzip_key
+
+    # -------------------------------------------------------------- health and metrics
+    @app.get("/livez", response_model=Health, tags=["health"])
+    async def livez() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["health"])
+    async def readyz() -> Any:
+        if state.ready.is_set():
+            return Health(status="ok")
+        status = "error" if state.ready_error else "loading"
+        return JSONResponse(Health(status=status, detail=state.ready_error).model_dump(), status_code=503)
+
+    @app.get("/metrics", response_class=Response, tags=["health"])
+    async def metrics() -> Response:
+        body, ctype = state.metrics.render()
+        return Response(body, media_type=ctype)
+
+    # -------------------------------------------------------------- compression
+    @app.post(
+        "/v1/compress",
+        response_model=GatewayCompressResponse | DocumentsCompressResponse,
+        responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 422: {"model": ErrorBody},
+                   429: {"model": ErrorBody}, 504: {"model": ErrorBody}},
+        tags=["compression"],
+    )
+    async def compress_endpoint(
+        body: CompressBody,
+        key: str = Depends(api_key),
+        x_ctxzip_app: str | None = Header(default=None),
+    ) -> Any:
+        started = time.perf_counter()
+        if isinstance(body, GatewayCompressRequest):
+            msgs = [m.model_dump(exclude_none=True) for m in body.messages]
+            out = await state.run(
+                _messages_call, msgs, model=body.model, config=config, overrides=body.config or {},
+                namespace=key, token_budget=body.token_budget,
+            )
+            summary = _summary(out)
+            seconds = time.perf_counter() - started
+            method = str(getattr(out, "method", config.method))
+            state.metrics.observe_compression(method, summary["tokens_before"], summary["tokens_after"], seconds)
+            state.record(route="/v1/compress", app=x_ctxzip_app, model=body.model, method=method,
+                         before=summary["tokens_before"], after=summary["tokens_after"], seconds=seconds)
+            return summary
+        context = body.documents if body.documents is not None else body.context
+        result = await state.run(
+            ctxzip.compress, context, question=body.question, instruction=body.instruction, rate=body.rate,
+            target_tokens=body.target_tokens, method=body.method, target_model=body.target_model, **body.options,
+        )
+        state.metrics.observe_compression(result.method, result.origin_tokens, result.compressed_tokens,
+                                          result.seconds, result.cache_hits)
+        state.record(route="/v1/compress", app=x_ctxzip_app, model=body.target_model, method=result.method,
+                     before=result.origin_tokens, after=result.compressed_tokens, seconds=result.seconds,
+                     cache_hit=result.cache_hits > 0)
+        return result.to_dict()
+
+    @app.get(
+        "/v1/retrieve/{hash}",
+        response_model=RetrieveResponse,
+        responses={404: {"model": ErrorBody}},
+        tags=["compression"],
+    )
+    async def retrieve_endpoint(hash: str, key: str = Depends(api_key)) -> RetrieveResponse:
+        from ctxzip import reversible
+
+        return RetrieveResponse(hash=hash, original=reversible.retrieve(hash, namespace=key))
+
+    # -------------------------------------------------------------- proxy
+    def _upstream(path: str) -> str:
+        if not config.upstream_url:
+            raise HTTPException(502, "no upstream configured: set CTXZIP_UPSTREAM_URL or upstream_url")
+        return config.upstream_url.rstrip("/") + path
+
+    def _forward_headers(request: Request) -> dict[str, str]:
+        return {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+
+    def _response_headers(resp: httpx.Response, extra: dict[str, str]) -> dict[str, str]:
+        headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_BY_HOP}
+        headers.update(extra)
+        return headers
+
+    async def _send(request: Request, path: str, payload: Any, extra: dict[str, str]) -> Response:
+        if state.client is None:
+            raise HTTPException(503, "the sidecar is starting")
+        stream = isinstance(payload, dict) and bool(payload.get("stream"))
+        req = state.client.build_request(
+            request.method, _upstream(path), headers=_forward_headers(request),
+            json=payload if payload is not None else None, params=dict(request.query_params),
+        )
+        try:
+            resp = await state.client.send(req, stream=stream)
+        except httpx.HTTPError as exc:
+            return _error(502, "upstream_unreachable", f"upstream request failed: {type(exc).__name__}")
+        if not stream:
+            content = resp.content
+            await resp.aclose()
+            return Response(content, status_code=resp.status_code, headers=_response_headers(resp, extra))
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in resp.aiter_raw():
+                    yield chunk
+            finally:
+                await resp.aclose()
+
+        return StreamingResponse(relay(), status_code=resp.status_code, headers=_response_headers(resp, extra))
+
+    @app.post("/v1/chat/completions", tags=["proxy"], responses={413: {"model": ErrorBody}, 502: {"model": ErrorBody}})
+    async def chat_completions(
+        request: Request,
+        key: str = Depends(proxy_key),
+        x_ctxzip_bypass: str | None = Header(default=None),
+        x_ctxzip_app: str | None = Header(default=None),
+    ) -> Response:
+        try:
+            payload = await request.json()
+        except ValueError:
+            return _error(422, "invalid_json", "the request body is not valid JSON")
+        if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+            return _error(422, "invalid_request", "body must be a chat completion request with a 'messages' list")
+        model = str(payload.get("model") or "gpt-4o")
+        extra: dict[str, str] = {}
+        if (x_ctxzip_bypass or "").lower() in ("1", "true", "yes"):
+            extra["x-ctxzip-bypassed"] = "true"
+            return await _send(request, "/chat/completions", payload, extra)
+        started = time.perf_counter()
+        try:
+            out = await state.run(_messages_call, payload["messages"], model=model, config=config, overrides={},
+                                  namespace=key)
+        except HTTPException as exc:
+            if exc.status_code == 429:
+                raise
+            out, failure = None, exc.detail
+        except Exception as exc:  # noqa: BLE001 - fail open/closed below
+            out, failure = None, f"{type(exc).__name__}: {exc}"
+        if out is None:
+            state.metrics.failures.labels(config.fail_mode).inc()
+            log.warning("compression failed (%s); fail_%s", failure, config.fail_mode)
+            if config.fail_mode == "closed":
+                return _error(502, "compression_failed", str(failure))
+            extra["x-ctxzip-error"] = "compression failed; forwarded uncompressed"
+            return await _send(request, "/chat/completions", payload, extra)
+        summary = _summary(out)
+        seconds = time.perf_counter() - started
+        method = str(getattr(out, "method", config.method))
+        state.metrics.observe_compression(method, summary["tokens_before"], summary["tokens_after"], seconds)
+        state.record(route="/v1/chat/completions", app=x_ctxzip_app, model=model, method=method,
+                     before=summary["tokens_before"], after=summary["tokens_after"], seconds=seconds)
+        extra.update({
+            "x-ctxzip-tokens-before": str(summary["tokens_before"]),
+            "x-ctxzip-tokens-after": str(summary["tokens_after"]),
+            "x-ctxzip-tokens-saved": str(summary["tokens_saved"]),
+            "x-ctxzip-compression-ratio": f"{summary['compression_ratio']:.3f}",
+            "x-ctxzip-seconds": f"{seconds:.4f}",
+        })
+        return await _send(request, "/chat/completions", {**payload, "messages": summary["messages"]}, extra)
+
+    @app.post("/v1/embeddings", tags=["proxy"])
+    async def embeddings(request: Request, key: str = Depends(proxy_key)) -> Response:
+        try:
+            payload = await request.json()
+        except ValueError:
+            return _error(422, "invalid_json", "the request body is not valid JSON")
+        return await _send(request, "/embeddings", payload, {})
+
+    @app.get("/v1/models", tags=["proxy"])
+    async def models(request: Request, key: str = Depends(proxy_key)) -> Response:
+        return await _send(request, "/models", None, {})
+
+    return app
+
+
+def app_factory() -> FastAPI:
+    """For ``uvicorn --factory`` and worker processes: config from CTXZIP_SERVICE_CONFIG_JSON or the usual sources."""
+    text = os.environ.get("CTXZIP_SERVICE_CONFIG_JSON")
+    return create_app(ServiceConfig.from_env_json(text) if text else ServiceConfig.load())

@@ -1,0 +1,107 @@
+"""Sidecar configuration: defaults, then a YAML/JSON file, then environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctxzip.errors import ConfigError
+
+__all__ = ["ServiceConfig"]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    #: OpenAI-compatible upstream for the proxy, e.g. ``https://api.openai.com/v1`` (env CTXZIP_UPSTREAM_URL)
+    upstream_url: str | None = None
+    #: keys accepted by the sidecar itself (env CTXZIP_API_KEYS, comma-separated); empty = no auth
+    api_keys: tuple[str, ...] = ()
+    #: compression policy of the proxy and of gateway-shaped /v1/compress requests
+    method: str = "auto"
+    rate: float | None = 0.5
+    target_tokens: int | None = None
+    policy: dict[str, Any] = field(default_factory=dict)
+    reversible: bool = False
+    #: load these compressors' models before /readyz turns 200
+    preload: tuple[str, ...] = ()
+    #: bounded worker pool: threads compressing at once, and requests allowed to wait beyond them
+    workers: int = 2
+    max_queue: int = 256
+    request_timeout_s: float = 60.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    #: on compressor failure the proxy forwards the original request ("open") or answers 502 ("closed")
+    fail_mode: str = "open"
+    #: savings ledger (SQLite path); None = the default ledger under the user cache dir
+    ledger_path: str | None = None
+    ledger: bool = True
+    upstream_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.fail_mode not in ("open", "closed"):
+            raise ConfigError(f"fail_mode must be 'open' or 'closed', got {self.fail_mode!r}")
+        for name in ("workers", "max_queue", "max_body_bytes", "port"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "max_queue" else 1):
+                raise ConfigError(f"service {name} must be a positive integer, got {v!r}")
+        if not (isinstance(self.request_timeout_s, (int, float)) and self.request_timeout_s > 0):
+            raise ConfigError(f"request_timeout_s must be a positive number, got {self.request_timeout_s!r}")
+        if self.rate is not None and self.target_tokens is not None:
+            raise ConfigError("give the service either rate or target_tokens, not both")
+        if self.rate is not None and not (0 < float(self.rate) <= 1):
+            raise ConfigError(f"service rate must be in (0, 1], got {self.rate!r}")
+        if self.upstream_url is not None and not self.upstream_url.startswith(("http://", "https://")):
+            raise ConfigError(f"upstream_url must start with http:// or https://, got {self.upstream_url!r}")
+        object.__setattr__(self, "api_keys", tuple(k for k in self.api_keys if k))
+        object.__setattr__(self, "preload", tuple(self.preload))
+
+    @classmethod
+    def load(cls, path: str | None = None, **overrides: Any) -> ServiceConfig:
+        """Defaults < file (YAML or JSON) < environment < explicit overrides."""
+        data: dict[str, Any] = {}
+        path = path or os.environ.get("CTXZIP_SERVICE_CONFIG")
+        if path:
+            text = Path(path).read_text(encoding="utf-8")
+            if path.endswith(".json"):
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: the service config must be a mapping")
+        env = os.environ
+        if env.get("CTXZIP_UPSTREAM_URL"):
+            data["upstream_url"] = env["CTXZIP_UPSTREAM_URL"]
+        if env.get("CTXZIP_API_KEYS"):
+            data["api_keys"] = [k.strip() for k in env["CTXZIP_API_KEYS"].split(",")]
+        if env.get("CTXZIP_FAIL_MODE"):
+            data["fail_mode"] = env["CTXZIP_FAIL_MODE"]
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ConfigError(f"unknown service setting(s) {unknown}; valid: {', '.join(sorted(valid))}")
+        for k in ("api_keys", "preload"):
+            if k in data and isinstance(data[k], str):
+                data[k] = [data[k]]
+            if k in data:
+                data[k] = tuple(data[k])
+        return cls(**data)
+
+    def to_env(self) -> str:
+        """JSON of this config, for worker processes (CTXZIP_SERVICE_CONFIG_JSON)."""
+        d = dataclasses.asdict(self)
+        return json.dumps(d)
+
+    @classmethod
+    def from_env_json(cls, text: str) -> ServiceConfig:
+        d = json.loads(text)
+        d["api_keys"] = tuple(d.get("api_keys", ()))
+        d["preload"] = tuple(d.get("preload", ()))
+        return cls(**d)

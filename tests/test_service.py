@@ -1,0 +1,296 @@
+"""The sidecar: /v1/compress, the OpenAI-compatible proxy (driven by the official openai SDK against a fake
+upstream on loopback), health, metrics, limits and faults."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+import uvicorn  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
+from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from ctxzip.service.app import create_app  # noqa: E402
+from ctxzip.service.config import ServiceConfig  # noqa: E402
+
+LONG_TURN = "We talked about the quarterly budget, the hiring plan and the new office in Lisbon. " * 12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    def __init__(self, app) -> None:
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def fake_upstream():
+    """A tiny OpenAI-compatible server that records what it receives."""
+    app = FastAPI()
+    app.state.received = []
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        app.state.received.append({"body": body, "auth": request.headers.get("authorization")})
+        words = ["Hello", " from", " the", " fake", " upstream", "."]
+        if body.get("stream"):
+            async def gen():
+                for i, w in enumerate(words):
+                    chunk = {
+                        "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+                        "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}],
+                    }
+                    yield f"data: {json.dumps(chunk)}\n\n"
+                end = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+                       "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                yield f"data: {json.dumps(end)}\n\n"
+                yield "data: [DONE]\n\n"
+
+            return StreamingResponse(gen(), media_type="text/event-stream")
+        return JSONResponse({
+            "id": "c1", "object": "chat.completion", "created": 1, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words)},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 6, "total_tokens": 16},
+        })
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "fake-model", "object": "model", "created": 1, "owned_by": "me"}]}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        body = await request.json()
+        return {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+                "model": body.get("model", "x"), "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+
+    return app
+
+
+def _history(n: int = 12) -> list[dict]:
+    msgs = [{"role": "system", "content": "You are a helpful assistant. Keep answers short."}]
+    for i in range(n):
+        msgs.append({"role": "user", "content": f"Turn {i}: {LONG_TURN}"})
+        msgs.append({"role": "assistant", "content": f"Noted turn {i}. {LONG_TURN}"})
+    msgs.append({"role": "user", "content": "What city was the new office in?"})
+    return msgs
+
+
+@pytest.fixture()
+def proxy(tmp_path):
+    up_app = fake_upstream()
+    with _Server(up_app) as upstream:
+        cfg = ServiceConfig(upstream_url=upstream.url + "/v1", method="truncate", rate=0.5,
+                            ledger_path=str(tmp_path / "ledger.sqlite"))
+        with _Server(create_app(cfg)) as sidecar:
+            yield sidecar, up_app
+
+
+def _tokens(messages) -> int:
+    from ctxzip.tokens import get_counter
+
+    c = get_counter("gpt-4o")
+    return sum(c.count(m["content"]) for m in messages if isinstance(m.get("content"), str))
+
+
+def test_openai_sdk_non_streaming_through_proxy(proxy):
+    openai = pytest.importorskip("openai")
+    sidecar, up = proxy
+    client = openai.OpenAI(base_url=sidecar.url + "/v1", api_key="sk-client-secret")
+    msgs = _history()
+    raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=msgs)
+    completion = raw.parse()
+    assert completion.choices[0].message.content == "Hello from the fake upstream."
+    sent = up.state.received[-1]
+    assert sent["auth"] == "Bearer sk-client-secret"  # client auth forwarded
+    got = sent["body"]["messages"]
+    assert _tokens(got) < _tokens(msgs)  # the upstream received compressed messages
+    assert got[0] == msgs[0] and got[-1] == msgs[-1]  # system prompt and last user turn untouched
+    assert int(raw.headers["x-ctxzip-tokens-before"]) > int(raw.headers["x-ctxzip-tokens-after"])
+
+
+def test_openai_sdk_streaming_passes_chunks_in_order(proxy):
+    openai = pytest.importorskip("openai")
+    sidecar, up = proxy
+    client = openai.OpenAI(base_url=sidecar.url + "/v1", api_key="sk-x")
+    stream = client.chat.completions.create(model="gpt-4o", messages=_history(), stream=True)
+    pieces = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert pieces == ["Hello", " from", " the", " fake", " upstream", "."]
+    assert up.state.received[-1]["body"]["stream"] is True
+
+
+def test_bypass_and_passthrough(proxy):
+    import httpx
+
+    sidecar, up = proxy
+    msgs = _history()
+    r = httpx.post(sidecar.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": msgs},
+                   headers={"x-ctxzip-bypass": "true"})
+    assert r.status_code == 200 and r.headers["x-ctxzip-bypassed"] == "true"
+    assert up.state.received[-1]["body"]["messages"] == msgs
+    assert httpx.get(sidecar.url + "/v1/models").json()["data"][0]["id"] == "fake-model"
+    assert httpx.post(sidecar.url + "/v1/embeddings", json={"input": "x", "model": "e"}).status_code == 200
+
+
+def test_fail_open_and_fail_closed(tmp_path, monkeypatch):
+    import ctxzip.service.app as appmod
+
+    def boom(*a, **k):
+        raise RuntimeError("compressor exploded")
+
+    monkeypatch.setattr(appmod, "_messages_call", boom)
+    up_app = fake_upstream()
+    with _Server(up_app) as upstream:
+        for mode, status in (("open", 200), ("closed", 502)):
+            cfg = ServiceConfig(upstream_url=upstream.url + "/v1", fail_mode=mode, ledger=False)
+            with TestClient(create_app(cfg)) as c:
+                r = c.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": _history(2)})
+                assert r.status_code == status, (mode, r.text)
+                if mode == "open":
+                    assert up_app.state.received[-1]["body"]["messages"] == _history(2)
+
+
+def test_compress_endpoint_shapes_and_errors(tmp_path):
+    cfg = ServiceConfig(method="truncate", rate=0.5, ledger_path=str(tmp_path / "l.sqlite"), max_body_bytes=200_000)
+    with TestClient(create_app(cfg)) as c:
+        r = c.post("/v1/compress", json={"documents": ["alpha beta gamma delta " * 40, {"text": "x y z " * 30, "id": 1}],
+                                          "question": "q?", "rate": 0.3, "method": "truncate"})
+        assert r.status_code == 200
+        body = r.json()
+        assert abs(body["rate"] - 0.3) < 0.02 and body["documents"][1]["metadata"] == {"id": 1}
+        r = c.post("/v1/compress", json={"messages": _history(4), "model": "gpt-4o", "token_budget": 400})
+        assert r.status_code == 200, r.text
+        g = r.json()
+        assert set(g) >= {"messages", "tokens_before", "tokens_after", "tokens_saved", "compression_ratio",
+                          "transforms_applied", "ccr_hashes"}
+        assert g["tokens_after"] < g["tokens_before"]
+        # errors
+        assert c.post("/v1/compress", json={"context": "a", "rate": 0}).status_code == 422
+        r = c.post("/v1/compress", json={"context": "a b", "rate": 0.5, "method": "nope"})
+        assert r.status_code == 400 and "truncate" in r.json()["error"]["valid"]
+        assert c.post("/v1/compress", content=b"{nope", headers={"content-type": "application/json"}).status_code == 422
+        assert c.post("/v1/compress", content=b"x" * 300_000, headers={"content-type": "application/json"}).status_code == 413
+        assert c.get("/v1/retrieve/000000000000").status_code == 404
+        metrics = c.get("/metrics").text
+        assert 'ctxzip_requests_total{endpoint="/v1/compress",status="200"}' in metrics
+        assert "ctxzip_tokens_saved_total" in metrics
+    from ctxzip.ledger import Ledger
+
+    assert len(Ledger(str(tmp_path / "l.sqlite")).events()) >= 2
+
+
+def test_api_keys_and_reversible_retrieval_scope(tmp_path):
+    cfg = ServiceConfig(method="truncate", rate=0.3, api_keys=("k1", "k2"), reversible=True, ledger=False)
+    with TestClient(create_app(cfg)) as c:
+        assert c.post("/v1/compress", json={"messages": _history(3), "model": "gpt-4o"}).status_code == 401
+        r = c.post("/v1/compress", json={"messages": _history(3), "model": "gpt-4o"}, headers={"x-ctxzip-key": "k1"})
+        assert r.status_code == 200, r.text
+        hashes = r.json()["ccr_hashes"]
+        assert hashes
+        ok = c.get(f"/v1/retrieve/{hashes[0]}", headers={"x-ctxzip-key": "k1"})
+        assert ok.status_code == 200 and ok.json()["original"]
+        assert c.get(f"/v1/retrieve/{hashes[0]}", headers={"x-ctxzip-key": "k2"}).status_code == 404
+
+
+def test_readyz_waits_for_models():
+    cfg = ServiceConfig(preload=("embed-rank",), ledger=False)
+    with TestClient(create_app(cfg)) as c:
+        first = c.get("/readyz").status_code
+        assert first in (200, 503)
+        deadline = time.time() + 120
+        while c.get("/readyz").status_code != 200 and time.time() < deadline:
+            time.sleep(0.5)
+        assert c.get("/readyz").status_code == 200
+
+
+def test_queue_bound_gives_429_and_livez_stays_fast(tmp_path):
+    import concurrent.futures
+
+    import httpx
+
+    import ctxzip.service.app as appmod
+
+    cfg = ServiceConfig(method="truncate", rate=0.5, workers=1, max_queue=1, ledger=False)
+    app = create_app(cfg)
+    state = app.state.ctxzip
+    gate = threading.Event()
+    real = appmod.ctxzip.compress
+
+    def slow(*a, **k):
+        gate.wait(10)
+        return real(*a, **k)
+
+    with _Server(app) as srv:
+        appmod.ctxzip.compress, restore = slow, real
+        try:
+            body = {"context": "a b c d e f " * 20, "rate": 0.5, "method": "truncate"}
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                futs = [pool.submit(httpx.post, srv.url + "/v1/compress", json=body, timeout=30) for _ in range(4)]
+                time.sleep(1.0)
+                t0 = time.perf_counter()
+                assert httpx.get(srv.url + "/livez").status_code == 200
+                assert time.perf_counter() - t0 < 0.5
+                gate.set()
+                codes = sorted(f.result().status_code for f in futs)
+            assert 429 in codes and 200 in codes
+            r429 = [f.result() for f in futs if f.result().status_code == 429][0]
+            assert r429.headers.get("retry-after") == "1"
+        finally:
+            appmod.ctxzip.compress = restore
+    assert state.inflight == 0
+
+
+def test_openapi_schema_fuzz_no_5xx(tmp_path):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    cfg = ServiceConfig(method="truncate", rate=0.5, ledger=False, upstream_url=None)
+    app = create_app(cfg)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    failures = []
+    for op in schema.get_all_operations():
+        operation = op.ok()
+        if operation.path in ("/v1/chat/completions", "/v1/embeddings", "/v1/models", "/metrics"):
+            continue
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(case=operation.as_strategy())
+        def check(case):
+            response = case.call()
+            if response.status_code >= 500:
+                failures.append((operation.path, case.body, response.status_code, response.text[:200]))
+
+        check()
+    assert not failures, failures[:3]
+
