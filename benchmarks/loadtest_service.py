@@ -19,7 +19,6 @@ import time
 
 import httpx
 import uvicorn
-
 from ctxzip.service.app import create_app
 from ctxzip.service.config import ServiceConfig
 

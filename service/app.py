@@ -9,8 +9,8 @@ import logging
 import os
 import threading
 import time
-from datetime import datetime, timezone
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from ctxzip._lazy import require

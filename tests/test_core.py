@@ -65,7 +65,9 @@ def test_result_fields_and_metadata():
     for d, src in zip(r.documents, docs):
         rebuilt = "".join(src["text"][s.start : s.end] for s in d.spans)
         assert rebuilt == d.text
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         r.text = "x"  # immutable
 
 

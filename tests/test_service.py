@@ -14,12 +14,11 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 import uvicorn  # noqa: E402
+from ctxzip.service.app import create_app  # noqa: E402
+from ctxzip.service.config import ServiceConfig  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
-
-from ctxzip.service.app import create_app  # noqa: E402
-from ctxzip.service.config import ServiceConfig  # noqa: E402
 
 LONG_TURN = "We talked about the quarterly budget, the hiring plan and the new office in Lisbon. " * 12
 
@@ -66,7 +65,7 @@ def fake_upstream():
         words = ["Hello", " from", " the", " fake", " upstream", "."]
         if body.get("stream"):
             async def gen():
-                for i, w in enumerate(words):
+                for w in words:
                     chunk = {
                         "id": "c1", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
                         "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}],
@@ -237,9 +236,8 @@ def test_readyz_waits_for_models():
 def test_queue_bound_gives_429_and_livez_stays_fast(tmp_path):
     import concurrent.futures
 
-    import httpx
-
     import ctxzip.service.app as appmod
+    import httpx
 
     cfg = ServiceConfig(method="truncate", rate=0.5, workers=1, max_queue=1, ledger=False)
     app = create_app(cfg)
@@ -286,10 +284,10 @@ def test_openapi_schema_fuzz_no_5xx(tmp_path):
 
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
-        def check(case):
+        def check(case, path=operation.path):
             response = case.call()
             if response.status_code >= 500:
-                failures.append((operation.path, case.body, response.status_code, response.text[:200]))
+                failures.append((path, case.body, response.status_code, response.text[:200]))
 
         check()
     assert not failures, failures[:3]
