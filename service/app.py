@@ -256,16 +256,22 @@ def _messages_call(
 
 
 def _summary(out: Any) -> dict[str, Any]:
-    before = int(out.tokens_before)
-    after = int(out.tokens_after)
+    """The gateway response of a :class:`ctxzip.messages.MessagesResult`."""
+    before = int(out.origin_tokens)
+    after = int(out.compressed_tokens)
+    transforms = [
+        f"ctxzip:{s.action}:{'+'.join(s.routes) or out.method}:message[{s.index}]"
+        for s in out.stats
+        if s.action in ("compressed", "reused")
+    ]
     return {
-        "messages": list(out.messages),
+        "messages": [dict(m) for m in out.messages],
         "tokens_before": before,
         "tokens_after": after,
         "tokens_saved": before - after,
         "compression_ratio": (before / after) if after else 0.0,
-        "transforms_applied": list(getattr(out, "transforms", ()) or ()),
-        "ccr_hashes": list(getattr(out, "hashes", ()) or ()),
+        "transforms_applied": transforms,
+        "ccr_hashes": [h for s in out.stats for h in s.hashes],
     }
 
 

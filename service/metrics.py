@@ -57,7 +57,9 @@ class _CacheCollector:
     """Exposes the segment cache's own statistics (hits, misses, bytes, evictions, errors) when it exists."""
 
     def __init__(self, prom: Any) -> None:
-        self.prom = prom
+        from prometheus_client.core import GaugeMetricFamily
+
+        self._gauge = GaugeMetricFamily
 
     def collect(self) -> Any:
         try:
@@ -71,7 +73,11 @@ class _CacheCollector:
             stats = stats_fn()
         except Exception:  # noqa: BLE001 - metrics must never fail a scrape
             return
-        items = stats.items() if isinstance(stats, dict) else getattr(stats, "__dict__", {}).items()
+        import dataclasses
+
+        if dataclasses.is_dataclass(stats):
+            stats = dataclasses.asdict(stats)
+        items = stats.items() if isinstance(stats, dict) else ()
         for name, value in items:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                yield self.prom.core.GaugeMetricFamily(f"ctxzip_cache_{name}", f"segment cache {name}", value=value)
+                yield self._gauge(f"ctxzip_cache_{name}", f"segment cache {name}", value=value)

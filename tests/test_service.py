@@ -204,6 +204,7 @@ def test_compress_endpoint_shapes_and_errors(tmp_path):
         metrics = c.get("/metrics").text
         assert 'ctxzip_requests_total{endpoint="/v1/compress",status="200"}' in metrics
         assert "ctxzip_tokens_saved_total" in metrics
+        assert "ctxzip_cache_hits" in metrics  # the segment cache's own counters
     from ctxzip.ledger import Ledger
 
     assert len(Ledger(str(tmp_path / "l.sqlite")).events()) >= 2
