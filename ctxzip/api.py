@@ -77,7 +77,13 @@ def compress(
     if config is not None and not isinstance(config, dict):
         raise ConfigError(f"config must be a dict of compressor settings, got {type(config).__name__}")
     compressor = shared_compressor(_resolve_method(method), **(config or {}))
-    result: CompressionResult = compressor.compress(request)
+    result: CompressionResult
+    if request.options.get("reversible"):  # store originals, add [#hash] markers (ctxzip.reversible)
+        from .reversible import compress_reversible
+
+        result = compress_reversible(compressor, request, namespace=request.options.get("namespace", "default"))
+    else:
+        result = compressor.compress(request)
     _record(result, request)
     return result
 

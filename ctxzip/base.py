@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -20,7 +21,7 @@ from .units import Units, segment
 __all__ = ["Compressor", "BaseCompressor", "make_result", "resolve_budget", "GENERAL_OPTIONS"]
 
 #: per-call options every compressor accepts (besides its own config fields)
-GENERAL_OPTIONS = frozenset({"max_chars", "route", "app", "ledger", "strict", "seed", "cache", "provider"})
+GENERAL_OPTIONS = frozenset({"max_chars", "route", "app", "ledger", "strict", "seed", "cache", "provider", "reversible", "namespace"})
 
 
 @runtime_checkable
@@ -97,16 +98,46 @@ def make_result(
     )
 
 
+def _cache_entry(fn: Any) -> Any:
+    """Put ``compress`` behind the whole-result cache (:mod:`ctxzip.cache`; a no-op while no cache is on).
+
+    Applied to :meth:`BaseCompressor.compress` and to every subclass's own ``compress``; only the outermost call
+    of a request consults the cache, so ``super().compress()`` and pipeline stages run as before.
+    """
+    if getattr(fn, "_ctxzip_cache_entry", False):
+        return fn
+
+    @functools.wraps(fn)
+    def compress(self: Any, request: CompressionRequest) -> CompressionResult:
+        from .cache.hooks import run_compress
+
+        return run_compress(self, request, fn)
+
+    compress._ctxzip_cache_entry = True  # type: ignore[attr-defined]
+    return compress
+
+
 class BaseCompressor(abc.ABC):
     """Base class: subclasses implement :meth:`score` (and optionally :meth:`allocate`, :meth:`coarse`).
 
     Configuration: a subclass declares a frozen dataclass ``Config``; ``__init__(**config)`` validates it, and
     per-call ``options`` with the same field names override it for that call.
+
+    ``cacheable_scores``: True when :meth:`score` of a document depends only on that document (and the request's
+    question for ``question_aware`` compressors), never on the other documents; the segment cache then stores
+    each document's scores (:mod:`ctxzip.cache`).
     """
 
     name: ClassVar[str] = "base"
     version: ClassVar[str] = "1"
     question_aware: ClassVar[bool] = False
+    cacheable_scores: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("compress")
+        if own is not None and callable(own):
+            cls.compress = _cache_entry(own)  # type: ignore[method-assign]
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -125,7 +156,7 @@ class BaseCompressor(abc.ABC):
         return f"{type(self).__name__}({self.config})"
 
     # -------------------------------------------------------------- hooks
-    def load(self) -> None:
+    def load(self) -> None:  # noqa: B027 (optional hook)
         """Load models now (otherwise they load on first use). Benchmarks call it before timing."""
 
     @abc.abstractmethod
@@ -153,6 +184,7 @@ class BaseCompressor(abc.ABC):
         over = {k: v for k, v in request.options.items() if k in valid}
         return dataclasses.replace(self.config, **over) if over else self.config
 
+    @_cache_entry
     def compress(self, request: CompressionRequest) -> CompressionResult:
         started = time.perf_counter()
         if not isinstance(request, CompressionRequest):
@@ -203,15 +235,23 @@ class BaseCompressor(abc.ABC):
         else:
             active = list(range(len(docs)))
         sub = [docs[i] for i in active]
-        scores_sub = self.score(request, sub) if sub else []
+        scores_sub = self.cached_score(request, sub, counter) if sub else []
         scores = [np.full(len(u), -np.inf) for u in docs]
-        for i, s in zip(active, scores_sub):
+        for i, s in zip(active, scores_sub, strict=False):
             s = np.asarray(s, dtype=np.float64)
             if s.shape != (len(docs[i]),):
                 raise RuntimeError(f"{self.name}.score returned {s.shape} scores for {len(docs[i])} units")
             scores[i] = s
         doc_budgets = self.allocate(request, docs, budget)
         return select_to_budget(docs, scores, budget, counter, doc_budgets=doc_budgets)
+
+    def cached_score(self, request: CompressionRequest, docs: list[Units], counter: TokenCounter) -> list[np.ndarray]:
+        """:meth:`score` through the segment cache when ``cacheable_scores`` is set and a cache is on."""
+        if not self.cacheable_scores:
+            return self.score(request, docs)
+        from .cache.hooks import cached_scores
+
+        return cached_scores(self, request, docs, counter)
 
     async def acompress(self, request: CompressionRequest) -> CompressionResult:
         return await asyncio.to_thread(self.compress, request)

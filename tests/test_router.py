@@ -1,0 +1,155 @@
+"""Content routing (method="auto"): detection, route choice, the whole-request budget, structure preservation."""
+
+from __future__ import annotations
+
+import ast
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mixed_fixture import FORCED, PROTECTED, PY_FILE, QUESTION, documents
+
+import ctxzip
+from ctxzip.errors import ConfigError
+from ctxzip.router import DEFAULT_ROUTES, Router, _water_fill, detect
+
+# baselines only, so these tests need no model
+FAST = {"prose": ["truncate"], "prose_question": [{"method": "random", "config": {"seed": 1}}], "code": ["truncate"]}
+
+
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        (json.dumps({"a": [1, 2, {"b": "c"}]}), "json"),
+        ("[1, 2, 3]", "json"),
+        (PY_FILE, "code"),
+        ("function f(a) {\n  const b = a + 1;\n  return b;\n}\nlet x = f(2);\n", "code"),
+        ("#include <stdio.h>\nint main(void) {\n  printf(\"hi\");\n  return 0;\n}\n", "code"),
+        ("\n".join(f"2024-05-01 10:00:{i:02d} INFO handled request {i}" for i in range(6)), "logs"),
+        ("Alice: hi\nBob: hello there\nAlice: how are you?\nBob: fine", "chat"),
+        ("The committee met on Tuesday. It approved the budget and discussed the new library.", "prose"),
+        ("hello", "prose"),
+        ("", "prose"),
+        ("{not json at all", "prose"),
+    ],
+)
+def test_detect(text, kind):
+    assert detect(text)[0] == kind
+
+
+def test_plan_resolves_first_available_candidate_and_is_visible_in_routes():
+    docs = documents()
+    r = ctxzip.compress(docs, method="auto", config={"routes": FAST}, rate=0.4)
+    types = [x.split(":")[0] for x in r.routes]
+    assert types == ["prose", "chat", "json", "code", "prose", "prose"]
+    methods = [x.split(":")[1] for x in r.routes]
+    assert methods == ["truncate", "truncate", "json-values", "truncate", "truncate", "truncate"]
+    assert [d["type"] for d in r.details["routes"]] == types
+    assert all(d["reason"] for d in r.details["routes"])
+    rq = ctxzip.compress(docs, method="auto", config={"routes": FAST}, rate=0.4, question=QUESTION)
+    assert rq.routes[0] == "prose:random" and rq.routes[2] == "json:json-values"
+
+
+def test_default_routes_fall_back_to_what_is_installed():
+    router = Router()
+    installed = set(ctxzip.list_compressors())
+    label, _ = router.resolve("prose")
+    expected = next(
+        c if isinstance(c, str) else c["method"]
+        for c in DEFAULT_ROUTES["prose"]
+        if (c if isinstance(c, str) else c["method"]) in installed
+    )
+    assert label == expected
+    assert router.resolve("json")[0] == "json-values"
+
+
+@pytest.mark.parametrize("rate", [0.25, 0.4, 0.6])
+def test_mixed_fixture_meets_budget_keeps_protected_spans_and_valid_json(rate):
+    docs = documents()
+    r = ctxzip.compress(
+        docs, method="auto", config={"routes": FAST}, rate=rate, question=QUESTION, protect={"force": [FORCED]}
+    )
+    budget = round(rate * r.origin_tokens)
+    assert abs(r.compressed_tokens - budget) <= 0.05 * budget, (r.compressed_tokens, budget)
+    for s in PROTECTED:
+        assert r.text.count(s) >= 1, s
+    json.loads(r.documents[2].text)
+    for d in r.documents:  # every route's output is a subsequence here
+        assert "".join(docs[d.index][s.start : s.end] for s in d.spans) == d.text
+
+
+def test_json_route_keeps_question_relevant_members():
+    data = {f"key-{i:03d}": f"value number {i} with some padding words to make it longer" for i in range(60)}
+    text = json.dumps(data)
+    r = ctxzip.compress(text, method="auto", rate=0.15, question="What is the value of key-042?")
+    out = json.loads(r.text)
+    assert "key-042" in out and out["key-042"].startswith("value number 42")
+    assert len(out) < 60
+
+
+def test_json_route_without_question_shortens_values_evenly():
+    data = {"items": [{"id": i, "text": "alpha beta gamma delta epsilon zeta eta theta iota kappa"} for i in range(10)]}
+    r = ctxzip.compress(json.dumps(data), method="auto", rate=0.6)
+    out = json.loads(r.text)
+    assert len(out["items"]) == 10  # members survive, their values are shortened
+    assert all(item["text"].startswith("alpha") for item in out["items"] if "text" in item)
+
+
+def test_logs_route_keeps_errors():
+    lines = [f"2024-05-01 10:00:{i:02d} INFO request {i} served in 12ms" for i in range(40)]
+    lines.insert(17, "2024-05-01 10:00:17 ERROR payment gateway timeout for order 991")
+    r = ctxzip.compress("\n".join(lines), method="auto", rate=0.3)
+    assert r.routes == ("logs:log-lines",)
+    assert "ERROR payment gateway timeout for order 991" in r.text
+
+
+def test_weights_give_a_type_a_larger_share():
+    docs = documents()
+    plain = ctxzip.compress(docs, method="auto", config={"routes": FAST}, rate=0.3)
+    heavy = ctxzip.compress(docs, method="auto", config={"routes": FAST, "weights": {"code": 3.0}}, rate=0.3)
+    assert heavy.documents[3].compressed_tokens > plain.documents[3].compressed_tokens
+    budget = round(0.3 * heavy.origin_tokens)
+    assert abs(heavy.compressed_tokens - budget) <= 0.05 * budget
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"routes": {"pictures": ["truncate"]}}, "unknown route"),
+        ({"routes": {"prose": []}}, "non-empty list"),
+        ({"routes": {"prose": [42]}}, "route candidate"),
+        ({"weights": {"code": -1}}, "positive number"),
+        ({"weights": {"poetry": 1}}, "unknown content type"),
+        ({"colour": "red"}, "unknown option"),
+    ],
+)
+def test_bad_router_config(config, match):
+    with pytest.raises(ConfigError, match=match):
+        Router(**config)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from("abcde"), st.integers(1, 500), min_size=1),
+    st.floats(0.05, 1.0),
+)
+def test_water_fill_respects_caps_and_total(sizes, frac):
+    weights = {g: 1.0 + (ord(g) % 3) for g in sizes}
+    budget = frac * sum(sizes.values())
+    out = _water_fill(sizes, weights, budget)
+    assert all(0 <= out[g] <= sizes[g] for g in sizes)
+    assert abs(sum(out.values()) - budget) <= len(sizes)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("codezip" not in ctxzip.list_compressors(), reason="codezip is not installed here")
+def test_mixed_fixture_python_still_parses_with_codezip():
+    docs = documents()
+    routes = {**FAST, "code": ["codezip"]}
+    r = ctxzip.compress(docs, method="auto", config={"routes": routes}, rate=0.4, question=QUESTION)
+    assert r.routes[3] == "code:codezip"
+    ast.parse(r.documents[3].text)
+    json.loads(r.documents[2].text)
+    budget = round(0.4 * r.origin_tokens)
+    assert abs(r.compressed_tokens - budget) <= 0.05 * budget
