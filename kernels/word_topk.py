@@ -141,7 +141,7 @@ def word_topk(
     keep_mask = torch.empty(rows, num_words, dtype=torch.int8, device=probs.device)
     p = _checks.row_major(probs)
     ids = _checks.row_major(word_ids)
-    block = 64 if interpreting() else 32
+    block = 128 if interpreting() else 32
     _tl_word_topk.word_topk_kernel[(rows,)](
         p, ids, k.to(torch.int32).contiguous(), word_probs, keep_mask,
         length, num_words,

@@ -6,6 +6,9 @@ Row level (one compressed context):
   normalised compressed context; ``None`` when the row has no (non-empty) answers.
 * :func:`span_recall_one` -- share of a gold span's normalised words found in order (longest common
   subsequence over words) in the compressed text.
+* :func:`span_recall_in_docs` -- the same, localised: the document is aligned word by word with its compressed
+  text (one longest common subsequence), and the span's share is the share of *its own positions* in the
+  document that the alignment keeps (the best occurrence when the span occurs more than once).
 * :func:`doc_kept` -- share of a document's normalised words found in order in its compressed text;
   a gold document counts as kept when that share is at least one half (:data:`GOLD_DOC_KEEP`).
 * :func:`edit_similarity` / :func:`exact_match` -- one predicted code line against the target line.
@@ -30,6 +33,8 @@ __all__ = [
     "lcs_words",
     "answer_hit",
     "span_recall_one",
+    "kept_flags",
+    "span_recall_in_docs",
     "doc_kept",
     "edit_similarity",
     "exact_match",
@@ -95,6 +100,59 @@ def span_recall_one(span: str, compressed: str | Sequence[str]) -> float | None:
         return None
     ctx_words = normalized_words(compressed) if isinstance(compressed, str) else compressed
     return lcs_words(words, ctx_words) / len(words)
+
+
+def kept_flags(original_words: Sequence[str], compressed_words: Sequence[str]) -> list[bool]:
+    """For each original word: does one longest-common-subsequence alignment with the compressed words keep it?"""
+    if not original_words:
+        return []
+    if not compressed_words:
+        return [False] * len(original_words)
+    from rapidfuzz.distance import LCSseq
+
+    flags = [True] * len(original_words)
+    for op in LCSseq.editops(list(original_words), list(compressed_words)):
+        if op.tag == "delete":
+            flags[op.src_pos] = False
+    return flags
+
+
+def _occurrences(needle: Sequence[str], hay: Sequence[str]) -> list[int]:
+    n = len(needle)
+    first = needle[0]
+    return [i for i in range(len(hay) - n + 1) if hay[i] == first and list(hay[i : i + n]) == list(needle)]
+
+
+def span_recall_in_docs(
+    span: str,
+    original_words: Sequence[Sequence[str]],
+    flags: Sequence[Sequence[bool]] | None = None,
+    compressed_words: Sequence[Sequence[str]] | None = None,
+) -> float | None:
+    """Localised span recall: the best, over the span's occurrences in the original documents (normalised
+    words), of the share of its positions kept by the alignment (:func:`kept_flags`) of that document.
+
+    Give ``flags`` (one list per document) or ``compressed_words`` to compute them. A span that occurs in no
+    document falls back to :func:`span_recall_one` against all compressed words. ``None`` for a span without
+    words."""
+    words = normalized_words(span)
+    if not words:
+        return None
+    if flags is None:
+        if compressed_words is None:
+            raise ValueError("span_recall_in_docs needs flags or compressed_words")
+        flags = [kept_flags(o, c) for o, c in zip(original_words, compressed_words, strict=True)]
+    best: float | None = None
+    for ow, fl in zip(original_words, flags, strict=True):
+        for i in _occurrences(words, ow):
+            share = sum(fl[i : i + len(words)]) / len(words)
+            best = share if best is None else max(best, share)
+    if best is not None:
+        return best
+    all_compressed = [w for cw in (compressed_words or []) for w in cw]
+    if compressed_words is None:
+        all_compressed = [w for ow, fl in zip(original_words, flags, strict=True) for w, k in zip(ow, fl, strict=True) if k]
+    return lcs_words(words, all_compressed) / len(words)
 
 
 def doc_kept(original: str, compressed: str) -> float:

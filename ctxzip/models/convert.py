@@ -146,6 +146,7 @@ def ensure_converted(ref: ModelRef) -> Path:
         if is_complete(final, source_hash=ref.weights_hash):  # another process finished meanwhile
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=str(root)))
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is shared like any user cache
         try:
             _convert_into(ref, tmp)
             if final.exists():

@@ -378,15 +378,16 @@ def resolve(spec: str) -> ModelRef:
             f"or a Hugging Face id), got {spec!r}"
         )
     spec = spec.strip()
-    memo_key = (spec, os.environ.get("CTXZIP_CACHE_DIR", ""))
-    if memo_key in _RESOLVED:
-        ref = _RESOLVED[memo_key]
-        if ref.path.exists():
-            return ref
     key = spec.lower()
     if key in _ALIASES and "/" not in spec:
-        ref = _resolve_package(_REGISTRY[_ALIASES[key]])
-    elif spec.startswith("hf:"):
+        # package defaults are memoised (local paths and hub ids are re-checked: they can change)
+        memo_key = (_ALIASES[key], os.environ.get("CTXZIP_CACHE_DIR", ""))
+        ref = _RESOLVED.get(memo_key)
+        if ref is None or not ref.path.exists():
+            ref = _resolve_package(_REGISTRY[_ALIASES[key]])
+            _RESOLVED[memo_key] = ref
+        return ref
+    if spec.startswith("hf:"):
         ref = _resolve_hub(spec[3:], spec)
     elif os.path.exists(os.path.expanduser(spec)):
         ref = _resolve_local(Path(spec), spec)
@@ -396,5 +397,4 @@ def resolve(spec: str) -> ModelRef:
         raise ModelError(f"model path {spec!r} does not exist")
     else:
         raise UnknownNameError("model", spec, sorted(_REGISTRY))
-    _RESOLVED[memo_key] = ref
     return ref

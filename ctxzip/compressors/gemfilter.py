@@ -1,0 +1,562 @@
+"""``gemfilter``: keep the context tokens an early layer of a small causal LM attends to from the question.
+
+GemFilter (Shi et al., 2024, "Discovering the Gems in Early Layers") runs only the first ``r + 1`` decoder layers
+of a causal LM on ``context + question``. At layer ``r`` it takes the query of the *last* position (the end of the
+question) and every key, after the rotary embedding and the model's q/k norms, sums the attention logits over the
+query heads (grouped-query attention aware), smooths them with a width-5 mean filter and keeps the best tokens in
+their original order.
+
+How this module does it, for any Hugging Face decoder whose attention modules take ``hidden_states`` and
+``position_embeddings`` (Llama, SmolLM2, Gemma-3, Qwen, Mistral, ...):
+
+* a forward *pre-hook* on ``layers[r].self_attn`` receives the layer's normalised hidden states and rotary
+  ``(cos, sin)``; it projects the keys of all positions and the query of the last one with the module's own
+  ``q_proj``/``k_proj``/``q_norm``/``k_norm`` and the model's own ``apply_rotary_pos_emb``, scores them with
+  :func:`ctxzip.kernels.last_query_scores` (Triton on CUDA) and raises a private exception that ends the forward
+  pass there: layers ``r..L-1`` and the LM head never run. No model class is patched; the hook is removed after
+  the call and ignores forward passes of other threads sharing the model.
+* contexts longer than a window (``max_window`` tokens, at most the model's context length) are cut into equal
+  consecutive windows; each window is scored on its own as ``[BOS] + window + question`` so its last query is
+  always the question's. Scores of different windows are the same kind of number (summed logits at the same
+  layer) and are ranked together.
+* token scores become scores of ctxzip's word units with :func:`ctxzip.units.reduce_by_units` (``pool``, default
+  ``max``: a word is as important as its most attended token), so the budget (target-LLM tokens), protected
+  spans and the subsequence guarantee come from the core selector.
+
+:meth:`GemFilterCompressor.inspect` returns the pure token-level selection (top-k model tokens, their ids and
+scores) for inspection and for local generation (:mod:`ctxzip.gemfilter_generate`).
+
+Layer defaults (:data:`DEFAULT_LAYERS`) come from the sweep recorded in ``docs/benchmarks/gemfilter.md``. For
+models whose config declares ``layer_types`` (Gemma-3) the layer must be a ``full_attention`` one: a
+sliding-window layer's last query cannot see most of the context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._lazy import require
+from ..base import BaseCompressor
+from ..errors import ConfigError, InputError, ModelError
+from ..registry import register
+from ..select import DOC_SEPARATOR
+from ..types import CompressionRequest, CompressionResult
+from ..units import Units, reduce_by_units
+
+__all__ = [
+    "DEFAULT_LAYERS",
+    "QUESTION_TEMPLATE",
+    "NO_QUESTION_SUFFIX",
+    "GemFilterCompressor",
+    "ContextScores",
+    "TokenSelection",
+    "decoder_layers",
+    "full_attention_layers",
+    "default_layer",
+    "layer_scores",
+    "score_context",
+    "frame_ids",
+    "select_top_k",
+]
+
+#: Selection layer per shipped model, from the sweep in docs/benchmarks/gemfilter.md.
+DEFAULT_LAYERS: dict[str, int] = {"smollm2-135m": 13, "gemma-3-270m": 11}
+
+#: How the question follows the context in the scoring prompt (its last token is the scoring query).
+QUESTION_TEMPLATE = "\n\nQuestion: {question}\nAnswer:"
+#: Scoring query when the request has neither a question nor an instruction.
+NO_QUESTION_SUFFIX = "\n\nThe most important information in the text above is:"
+
+_POOLS = ("max", "mean")
+
+
+class _StopForward(Exception):
+    """Raised by the hook at the last needed layer to end the forward pass early."""
+
+
+# ---------------------------------------------------------------------------------------------- model plumbing
+def decoder_layers(model: Any) -> Any:
+    """The decoder layer list of a causal LM (``model.get_decoder().layers``)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    layers = getattr(decoder, "layers", None)
+    if layers is None or not len(layers):
+        raise ModelError(f"{type(model).__name__} has no decoder layer list (get_decoder().layers); gemfilter "
+                         "needs a decoder-only Hugging Face model")
+    return layers
+
+
+def full_attention_layers(model: Any) -> list[int]:
+    """Layers whose attention sees the whole context: all of them unless ``config.layer_types`` says otherwise."""
+    n = len(decoder_layers(model))
+    types = getattr(model.config, "layer_types", None)
+    if not types:
+        return list(range(n))
+    return [i for i, t in enumerate(types[:n]) if "sliding" not in str(t) and "chunked" not in str(t)]
+
+
+def default_layer(model: Any, name: str | None = None) -> int:
+    """The measured default for shipped models, else the first full-attention layer at >= 40% depth
+    (the paper's 13 of 32 for Llama-3.1-8B)."""
+    if name in DEFAULT_LAYERS:
+        return DEFAULT_LAYERS[name]
+    n = len(decoder_layers(model))
+    full = full_attention_layers(model)
+    target = int(round(0.4 * n))
+    later = [i for i in full if i >= target]
+    return later[0] if later else full[-1]
+
+
+def _check_layer(model: Any, layer: int) -> None:
+    n = len(decoder_layers(model))
+    if not 0 <= layer < n:
+        raise ConfigError(f"gemfilter: layer must be in [0, {n - 1}] for this {n}-layer model, got {layer}")
+    full = full_attention_layers(model)
+    if layer not in full:
+        raise ConfigError(
+            f"gemfilter: layer {layer} uses sliding-window attention, so its last query cannot see the whole "
+            f"context; use one of the full-attention layers {full}"
+        )
+
+
+def _per_head_norm(norm: Any, x: Any, heads: int, head_dim: int) -> Any:
+    """Apply a q/k norm whether it normalises each head ([..., D]) or the whole projection ([..., H*D])."""
+    weight = getattr(norm, "weight", None)
+    if weight is not None and weight.numel() == heads * head_dim and heads > 1:
+        shape = x.shape
+        return norm(x.reshape(*shape[:-2], heads * head_dim)).reshape(shape)
+    return norm(x)
+
+
+def _last_query_and_keys(attn: Any, hidden: Any, position_embeddings: Any) -> tuple[Any, Any]:
+    """Post-norm, post-RoPE query of the last position ``[Hq, D]`` and keys ``[Hkv, T, D]`` of one window."""
+    if hidden is None or hidden.dim() != 3 or hidden.shape[0] != 1:
+        raise ModelError("gemfilter expects the attention input as one sequence [1, T, hidden]")
+    if position_embeddings is None:
+        raise ModelError(
+            f"{type(attn).__name__} receives no position_embeddings (cos, sin); gemfilter supports models whose "
+            "attention takes the rotary embedding as an argument (current transformers Llama, Gemma-3, Qwen, ...)"
+        )
+    rope = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
+    if rope is None:
+        raise ModelError(f"the module of {type(attn).__name__} defines no apply_rotary_pos_emb")
+    head_dim = int(attn.head_dim)
+    num_pos = hidden.shape[1]
+    q = attn.q_proj(hidden[:, -1:]).view(1, 1, -1, head_dim)  # [1, 1, Hq, D]
+    k = attn.k_proj(hidden).view(1, num_pos, -1, head_dim)  # [1, T, Hkv, D]
+    if getattr(attn, "q_norm", None) is not None:
+        q = _per_head_norm(attn.q_norm, q, q.shape[2], head_dim)
+    if getattr(attn, "k_norm", None) is not None:
+        k = _per_head_norm(attn.k_norm, k, k.shape[2], head_dim)
+    q = q.transpose(1, 2)  # [1, Hq, 1, D]
+    k = k.transpose(1, 2)  # [1, Hkv, T, D]
+    cos, sin = position_embeddings
+    q, _ = rope(q, q, cos[:, -1:], sin[:, -1:])
+    k, _ = rope(k, k, cos, sin)
+    return q[0, :, 0, :], k[0]
+
+
+def _window_scores(attn: Any, hidden: Any, position_embeddings: Any, smooth: int) -> Any:
+    """Smoothed last-query logits summed over heads, float32 ``[T]``."""
+    torch = require("torch", feature="gemfilter")
+    q_last, keys = _last_query_and_keys(attn, hidden, position_embeddings)
+    scale = float(getattr(attn, "scaling", 1.0 / math.sqrt(q_last.shape[-1])))
+    cap = getattr(getattr(attn, "config", None), "attn_logit_softcapping", None)
+    if cap:
+        # soft-capped logits are not linear in q: sum the capped per-head logits, then smooth
+        group = q_last.shape[0] // keys.shape[0]
+        logits = torch.einsum("kgd,ktd->kgt", q_last.float().view(keys.shape[0], group, -1), keys.float()) * scale
+        raw = (torch.tanh(logits / cap) * cap).sum(dim=(0, 1))
+        if smooth == 1:
+            return raw
+        return torch.nn.functional.avg_pool1d(
+            raw.view(1, 1, -1), kernel_size=smooth, stride=1, padding=smooth // 2, count_include_pad=True
+        ).view(-1)
+    from ctxzip.kernels import last_query_scores
+
+    return last_query_scores(q_last, keys, smooth=smooth, scale=scale)
+
+
+def layer_scores(model: Any, input_ids: Any, layers: Sequence[int], *, smooth: int = 5) -> dict[int, Any]:
+    """Run ``model`` on one sequence only up to ``max(layers)`` and return each layer's smoothed scores ``[T]``.
+
+    ``input_ids`` is a ``[1, T]`` (or ``[T]``) tensor. The forward pass stops inside ``layers[max(layers)]``
+    before its attention runs; nothing of the model is changed.
+    """
+    torch = require("torch", feature="gemfilter")
+    if not layers:
+        raise ConfigError("gemfilter: layer_scores needs at least one layer")
+    all_layers = decoder_layers(model)
+    wanted = sorted({int(r) for r in layers})
+    for r in wanted:
+        if not 0 <= r < len(all_layers):
+            raise ConfigError(f"gemfilter: layer {r} is outside [0, {len(all_layers) - 1}]")
+    if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1 or smooth % 2 == 0:
+        raise ConfigError(f"gemfilter: smooth must be an odd int >= 1, got {smooth!r}")
+    ids = input_ids if input_ids.dim() == 2 else input_ids.view(1, -1)
+    if ids.shape[0] != 1 or ids.shape[1] < 1:
+        raise InputError(f"gemfilter: input_ids must hold one non-empty sequence, got shape {tuple(ids.shape)}")
+    owner = threading.get_ident()
+    stop_at = wanted[-1]
+    out: dict[int, Any] = {}
+    handles = []
+
+    def make_hook(r: int) -> Any:
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+            if threading.get_ident() != owner:
+                return
+            hidden = kwargs.get("hidden_states", args[0] if args else None)
+            out[r] = _window_scores(module, hidden, kwargs.get("position_embeddings"), smooth)
+            if r == stop_at:
+                raise _StopForward
+
+        return hook
+
+    for r in wanted:
+        handles.append(all_layers[r].self_attn.register_forward_pre_hook(make_hook(r), with_kwargs=True))
+    try:
+        with torch.inference_mode():
+            model.get_decoder()(input_ids=ids.to(model.device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [r for r in wanted if r not in out]
+    if missing:
+        raise ModelError(f"gemfilter: the hooks on layers {missing} never ran; is this a decoder-only model?")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- windows
+@dataclasses.dataclass(frozen=True)
+class ContextScores:
+    """Scores of every model token of a context: ids, char offsets into the context and one score per layer."""
+
+    context: str
+    token_ids: np.ndarray  # int64 [N]
+    starts: np.ndarray  # int64 [N], char offsets into ``context``
+    ends: np.ndarray  # int64 [N]
+    scores: dict[int, np.ndarray]  # layer -> float64 [N]
+    query_ids: np.ndarray  # int64: the question tokens appended to every window
+    prefix_ids: np.ndarray  # int64: BOS (or nothing) put before every window
+    windows: tuple[tuple[int, int], ...]  # token ranges [a, b) of the context, one per forward pass
+    seconds: float
+
+
+def _query_text(question: str | None) -> str:
+    if question and question.strip():
+        return QUESTION_TEMPLATE.format(question=question.strip())
+    return NO_QUESTION_SUFFIX
+
+
+_TEMPLATES = ("plain", "chat")
+_MARKER = "@@CTXZIP_CONTEXT@@"
+
+
+def frame_ids(tokenizer: Any, question: str | None, template: str = "plain") -> tuple[np.ndarray, np.ndarray]:
+    """Token ids put before (``prefix``) and after (``query``) every context window.
+
+    ``plain``: the tokenizer's own start tokens (BOS or nothing), then the context, then
+    :data:`QUESTION_TEMPLATE`. ``chat``: the model's chat template with one user turn holding context and
+    question, and the generation prompt after it (the last query is then the assistant-turn header, as for
+    instruction-tuned models in the paper).
+    """
+    if template not in _TEMPLATES:
+        raise ConfigError(f"gemfilter: template must be one of {', '.join(_TEMPLATES)}, got {template!r}")
+    tail = _query_text(question)
+    if template == "plain":
+        pre_ids = tokenizer("", add_special_tokens=True)["input_ids"]
+        post_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    else:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("gemfilter: template='chat' needs a tokenizer with a chat template; use 'plain'")
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _MARKER + tail}], tokenize=False, add_generation_prompt=True
+        )
+        pre, post = rendered.split(_MARKER, 1)
+        pre_ids = tokenizer(pre, add_special_tokens=False)["input_ids"]
+        post_ids = tokenizer(post, add_special_tokens=False)["input_ids"]
+    return np.asarray(pre_ids, dtype=np.int64), np.asarray(post_ids, dtype=np.int64)
+
+
+def _windows(n: int, capacity: int) -> list[tuple[int, int]]:
+    if n == 0:
+        return []
+    count = math.ceil(n / capacity)
+    size = math.ceil(n / count)
+    return [(a, min(n, a + size)) for a in range(0, n, size)]
+
+
+def score_context(
+    model: Any,
+    tokenizer: Any,
+    context: str,
+    question: str | None,
+    layers: Sequence[int],
+    *,
+    smooth: int = 5,
+    max_window: int = 8192,
+    template: str = "plain",
+) -> ContextScores:
+    """Score every model token of ``context`` at each of ``layers`` (one early-exit pass per window)."""
+    torch = require("torch", feature="gemfilter")
+    started = time.perf_counter()
+    enc = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    prefix, query = frame_ids(tokenizer, question, template)
+    capacity = max_window - prefix.size - query.size
+    if capacity < 64:
+        raise InputError(
+            f"gemfilter: the question takes {query.size} of the {max_window}-token window; shorten it or raise "
+            "max_window"
+        )
+    windows = _windows(int(ids.size), capacity)
+    scores = {int(r): np.zeros(ids.size, dtype=np.float64) for r in layers}
+    for a, b in windows:
+        seq = torch.from_numpy(np.concatenate([prefix, ids[a:b], query])).view(1, -1)
+        per_layer = layer_scores(model, seq, layers, smooth=smooth)
+        for r, s in per_layer.items():
+            scores[r][a:b] = s[prefix.size : prefix.size + (b - a)].double().cpu().numpy()
+    return ContextScores(
+        context=context,
+        token_ids=ids,
+        starts=offsets[:, 0].copy(),
+        ends=offsets[:, 1].copy(),
+        scores=scores,
+        query_ids=query,
+        prefix_ids=prefix,
+        windows=tuple(windows),
+        seconds=time.perf_counter() - started,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenSelection:
+    """GemFilter's token-level selection: the top-k context tokens, in their original order.
+
+    ``positions`` index the context's model tokens; ``token_ids``/``tokens``/``scores`` describe the kept ones,
+    ``context_ids``/``all_scores`` every context token. :attr:`input_ids` is what the second pass reads
+    (``prefix + kept + query``), :attr:`full_ids` the unfiltered prompt (``prefix + context + query``).
+    """
+
+    positions: np.ndarray
+    token_ids: np.ndarray
+    tokens: tuple[str, ...]
+    scores: np.ndarray
+    all_scores: np.ndarray
+    context_ids: np.ndarray
+    prefix_ids: np.ndarray
+    query_ids: np.ndarray
+    text: str
+    layer: int
+    context_tokens: int
+    windows: int
+    seconds: float
+
+    @property
+    def input_ids(self) -> np.ndarray:
+        return np.concatenate([self.prefix_ids, self.token_ids, self.query_ids])
+
+    @property
+    def full_ids(self) -> np.ndarray:
+        return np.concatenate([self.prefix_ids, self.context_ids, self.query_ids])
+
+    @property
+    def k(self) -> int:
+        return int(self.positions.size)
+
+    @property
+    def rate(self) -> float:
+        return 1.0 if self.context_tokens == 0 else self.k / self.context_tokens
+
+    def top(self, n: int = 20) -> list[tuple[str, float]]:
+        """The ``n`` best kept tokens with their scores, best first (for a quick look)."""
+        order = np.argsort(-self.scores, kind="stable")[:n]
+        return [(self.tokens[i], float(self.scores[i])) for i in order.tolist()]
+
+
+def select_top_k(cs: ContextScores, layer: int, k: int, tokenizer: Any) -> TokenSelection:
+    """Keep the ``k`` best-scoring context tokens of ``cs`` at ``layer``, in their original order."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ConfigError(f"gemfilter: k must be a non-negative integer, got {k!r}")
+    if layer not in cs.scores:
+        raise ConfigError(f"gemfilter: layer {layer} was not scored (scored: {sorted(cs.scores)})")
+    scores = cs.scores[layer]
+    k = min(int(k), scores.size)
+    top = np.argpartition(-scores, k - 1)[:k] if 0 < k < scores.size else np.arange(k)
+    positions = np.sort(top).astype(np.int64)
+    kept = cs.token_ids[positions]
+    spans = zip(cs.starts[positions].tolist(), cs.ends[positions].tolist(), strict=True)
+    tokens = tuple(cs.context[s:e] for s, e in spans)
+    return TokenSelection(
+        positions=positions,
+        token_ids=kept,
+        tokens=tokens,
+        scores=scores[positions],
+        all_scores=scores,
+        context_ids=cs.token_ids,
+        prefix_ids=cs.prefix_ids,
+        query_ids=cs.query_ids,
+        text=tokenizer.decode(kept.tolist()),
+        layer=layer,
+        context_tokens=int(scores.size),
+        windows=len(cs.windows),
+        seconds=cs.seconds,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- compressor
+def _unit_scores(units: Units, starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, pool: str) -> np.ndarray:
+    out = reduce_by_units(units, starts, ends, scores, how=pool)
+    missing = np.isnan(out)
+    if missing.any() and starts.size:
+        # a unit with no token of its own lies inside a longer token: give it that token's score
+        unit_last = units.ends[missing] - 1
+        tok = np.searchsorted(starts, unit_last, side="right") - 1
+        tok = np.clip(tok, 0, starts.size - 1)
+        inside = (starts[tok] <= unit_last) & (unit_last < ends[tok])
+        fill = np.where(inside, scores[tok], np.nan)
+        out[missing] = fill
+    if np.isnan(out).any():
+        floor = float(np.nanmin(out)) - 1.0 if np.isfinite(out).any() else 0.0
+        out = np.where(np.isnan(out), floor, out)
+    return out
+
+
+@register("gemfilter")
+class GemFilterCompressor(BaseCompressor):
+    """Early-layer last-query attention (GemFilter) scoring of word units. See the module docstring."""
+
+    version = "1"
+    question_aware = True
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        model: str = "smollm2-135m"
+        layer: int | None = None  # None: DEFAULT_LAYERS for shipped models, else see default_layer()
+        smooth: int = 5
+        pool: str = "max"  # token scores -> word score
+        max_window: int = 8192  # tokens per forward pass (clipped to the model's context length)
+        template: str = "plain"  # how context and question are framed: "plain" or "chat" (see frame_ids)
+        dtype: str = "float32"
+        device: str | None = None
+
+        def __post_init__(self) -> None:
+            if not isinstance(self.model, str) or not self.model.strip():
+                raise ConfigError(f"gemfilter: model must be a model name or path, got {self.model!r}")
+            if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)
+                                           or self.layer < 0):
+                raise ConfigError(f"gemfilter: layer must be None or a non-negative int, got {self.layer!r}")
+            if isinstance(self.smooth, bool) or not isinstance(self.smooth, int) or self.smooth < 1 \
+                    or self.smooth % 2 == 0:
+                raise ConfigError(f"gemfilter: smooth must be an odd int >= 1 (1 = none), got {self.smooth!r}")
+            if self.template not in _TEMPLATES:
+                raise ConfigError(f"gemfilter: template must be one of {', '.join(_TEMPLATES)}, got {self.template!r}")
+            if self.pool not in _POOLS:
+                raise ConfigError(f"gemfilter: pool must be one of {', '.join(_POOLS)}, got {self.pool!r}")
+            if isinstance(self.max_window, bool) or not isinstance(self.max_window, int) or self.max_window < 256:
+                raise ConfigError(f"gemfilter: max_window must be an int >= 256 tokens, got {self.max_window!r}")
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ model
+    def _lm(self, cfg: Any) -> Any:
+        from ..models.loading import load_causal_lm
+
+        return load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device)
+
+    def load(self) -> None:
+        self._lm(self.config)
+
+    def _layer(self, cfg: Any, lm: Any) -> int:
+        layer = cfg.layer if cfg.layer is not None else default_layer(lm.model, cfg.model)
+        _check_layer(lm.model, layer)
+        return layer
+
+    def _score_context(self, cfg: Any, context: str, question: str | None) -> tuple[Any, int, ContextScores]:
+        lm = self._lm(cfg)
+        layer = self._layer(cfg, lm)
+        window = min(cfg.max_window, lm.max_length)
+        cs = score_context(lm.model, lm.tokenizer, context, question, [layer], smooth=cfg.smooth,
+                           max_window=window, template=cfg.template)
+        return lm, layer, cs
+
+    # ------------------------------------------------------------------ inspection
+    def inspect(
+        self,
+        context: str,
+        question: str | None = None,
+        *,
+        k: int | None = None,
+        rate: float | None = None,
+        **options: Any,
+    ) -> TokenSelection:
+        """GemFilter's own token selection of ``context``: top ``k`` model tokens (or ``rate`` of them)."""
+        if not isinstance(context, str):
+            raise InputError(f"gemfilter.inspect: context must be a string, got {type(context).__name__}")
+        if (k is None) == (rate is None):
+            raise ConfigError("gemfilter.inspect: give exactly one of k or rate")
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1):
+            raise ConfigError(f"gemfilter.inspect: rate must be in (0, 1], got {rate!r}")
+        cfg = dataclasses.replace(self.config, **options) if options else self.config
+        lm, layer, cs = self._score_context(cfg, context, question)
+        n = int(cs.token_ids.size)
+        kk = k if k is not None else int(round(float(rate) * n))
+        return select_top_k(cs, layer, kk, lm.tokenizer)
+
+    # ------------------------------------------------------------------ BaseCompressor
+    def score(self, request: CompressionRequest, docs: list[Units]) -> list[np.ndarray]:
+        cfg = self.options(request)
+        texts = [u.text for u in docs]
+        context = DOC_SEPARATOR.join(texts)
+        offsets = np.cumsum([0] + [len(t) + len(DOC_SEPARATOR) for t in texts[:-1]]).astype(np.int64)
+        lm, layer, cs = self._score_context(cfg, context, request.question or request.instruction)
+        tok_scores = cs.scores[layer]
+        out = []
+        for u, off in zip(docs, offsets.tolist(), strict=False):
+            lo = int(np.searchsorted(cs.ends, off, side="right"))
+            hi = int(np.searchsorted(cs.starts, off + len(u.text), side="left"))
+            out.append(_unit_scores(u, cs.starts[lo:hi] - off, cs.ends[lo:hi] - off, tok_scores[lo:hi], cfg.pool))
+        self._local.last = (cs, layer, offsets, lm.ref.name)
+        return out
+
+    def compress(self, request: CompressionRequest) -> CompressionResult:
+        self._local.last = None
+        result = super().compress(request)
+        last = getattr(self._local, "last", None)
+        self._local.last = None
+        if last is None:
+            return result
+        cs, layer, offsets, model_name = last
+        # model tokens of the kept text, for local generation: tokens whose last char lies in a kept span
+        anchor = cs.ends - 1
+        kept = np.zeros(cs.token_ids.size, dtype=bool)
+        for d in result.documents:
+            off = int(offsets[d.index]) if d.index < offsets.size else 0
+            for s in d.spans:
+                lo = int(np.searchsorted(anchor, off + s.start, side="left"))
+                hi = int(np.searchsorted(anchor, off + s.end, side="left"))
+                kept[lo:hi] = True
+        details = dict(result.details)
+        details.update(
+            model=model_name,
+            layer=layer,
+            windows=len(cs.windows),
+            model_tokens=int(cs.token_ids.size),
+            score_seconds=cs.seconds,
+            kept_token_ids=tuple(int(i) for i in cs.token_ids[kept].tolist()),
+            query_token_ids=tuple(int(i) for i in cs.query_ids.tolist()),
+            prefix_token_ids=tuple(int(i) for i in cs.prefix_ids.tolist()),
+        )
+        return dataclasses.replace(result, details=details)

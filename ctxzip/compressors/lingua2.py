@@ -1,0 +1,406 @@
+"""``lingua2``: LLMLingua-2 (Pan et al., 2024): a bidirectional encoder labels every word keep or drop.
+
+Procedure, per call:
+
+1. Each document is tokenised once by the classifier's fast tokenizer (no special tokens), with character
+   offsets and word ids. Its tokens are cut into chunks of at most ``max_seq_len - 2`` tokens, each ending at
+   the last ``chunk_end_tokens`` token (``"."``, or a token followed by a line break for ``"\\n"``) inside the
+   window, if there is one.
+2. Chunks of every document are batched together (sorted by length) through the classifier; the keep
+   probability of a token is ``softmax(logits)[..., 1]``.
+3. A word's probability is the ``mean`` (or ``first``) of its subword probabilities, words being the
+   tokenizer's own word ids (never guessed from the model name).
+4. Word probabilities are mapped onto ctxzip's units (words with their leading whitespace) by character
+   offsets (:func:`ctxzip.units.reduce_by_units`), so the budget in target-LLM tokens, protected spans and the
+   subsequence guarantee come from the core selector, which keeps the most probable units to the budget.
+
+Options follow the paper's implementation: ``force_tokens`` (units holding one of them are kept first),
+``force_reserve_digit`` (units holding a digit are kept first), ``drop_consecutive`` (a forced unit that
+repeats the previous unit's force token is not forced), ``use_context_level_filter`` (first drop whole
+documents by mean word probability, keeping ``context_level_rate`` of the tokens, by default ``(rate + 1) / 2``)
+and ``return_word_labels`` (per-document words, probabilities and keep labels in ``result.details``).
+All post-processing is vectorised NumPy; the default model is ctxzip's distilled MiniLM student.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..base import BaseCompressor
+from ..errors import ConfigError
+from ..registry import register
+from ..select import Selection
+from ..tokens import TokenCounter
+from ..types import CompressionRequest, CompressionResult
+from ..units import Units, reduce_by_units, segment
+
+__all__ = ["Lingua2Compressor", "WordProbs", "chunk_bounds", "merge_words"]
+
+_FORCED_BONUS = 2.0  # forced units score prob + this: above every unforced unit, still inside the budget
+
+
+@dataclasses.dataclass(frozen=True)
+class WordProbs:
+    """The classifier's words of one document: character spans and keep probabilities (float64 arrays)."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    probs: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.starts.shape[0])
+
+
+def merge_words(
+    word_ids: np.ndarray, starts: np.ndarray, ends: np.ndarray, probs: np.ndarray, how: str = "mean"
+) -> WordProbs:
+    """Merge subword probabilities into word probabilities (vectorised).
+
+    ``word_ids`` (``-1`` for tokens outside any word) must be non-decreasing over the tokens that have one, as
+    a fast tokenizer's word ids are. A word spans from its first token's start to its last token's end.
+    """
+    if how not in ("mean", "first"):
+        raise ConfigError(f"lingua2: token_to_word must be 'mean' or 'first', got {how!r}")
+    ok = (word_ids >= 0) & np.isfinite(probs) & (ends > starts)
+    w, s, e, p = word_ids[ok], starts[ok], ends[ok], probs[ok]
+    if w.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return WordProbs(empty, empty.copy(), np.zeros(0, dtype=np.float64))
+    first = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
+    w_starts = np.minimum.reduceat(s, first)
+    w_ends = np.maximum.reduceat(e, first)
+    if how == "first":
+        w_probs = p[first].astype(np.float64)
+    else:
+        counts = np.diff(np.concatenate((first, [w.size])))
+        w_probs = np.add.reduceat(p.astype(np.float64), first) / counts
+    return WordProbs(w_starts.astype(np.int64), w_ends.astype(np.int64), w_probs)
+
+
+def chunk_bounds(n_tokens: int, is_end: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
+    """Cut ``n_tokens`` tokens into ``[a, b)`` chunks of at most ``max_tokens``, each ending right after the
+    last token flagged in ``is_end`` inside its window when there is one (the paper's chunking)."""
+    if max_tokens < 1:
+        raise ConfigError(f"lingua2: chunks need room for at least one token, got {max_tokens}")
+    ends = np.flatnonzero(is_end[:n_tokens]) + 1  # candidate cut positions (exclusive ends)
+    out = []
+    a = 0
+    while a < n_tokens:
+        limit = a + max_tokens
+        if limit >= n_tokens:
+            out.append((a, n_tokens))
+            break
+        k = int(np.searchsorted(ends, limit, side="right")) - 1
+        b = int(ends[k]) if k >= 0 and ends[k] > a else limit
+        out.append((a, b))
+        a = b
+    return out
+
+
+def _positions_to_units(units: Units, positions: np.ndarray) -> np.ndarray:
+    """Boolean mask of units containing any of the character ``positions``."""
+    mask = np.zeros(len(units), dtype=bool)
+    if positions.size == 0 or len(units) == 0:
+        return mask
+    idx = np.searchsorted(units.starts, positions, side="right") - 1
+    valid = (idx >= 0) & (positions < units.ends[np.clip(idx, 0, len(units) - 1)])
+    mask[idx[valid]] = True
+    return mask
+
+
+def _force_regex(tokens: Sequence[str]) -> re.Pattern[str] | None:
+    parts = []
+    for t in sorted(set(tokens), key=len, reverse=True):
+        esc = re.escape(t)
+        # word-like tokens match whole words only; punctuation and whitespace match anywhere
+        parts.append(rf"(?<!\w){esc}(?!\w)" if re.fullmatch(r"\w+", t) else esc)
+    return re.compile("|".join(parts)) if parts else None
+
+
+@register("lingua2")
+class Lingua2Compressor(BaseCompressor):
+    version = "1"
+    question_aware = False
+    cacheable_scores = True  # each document is tokenised and classified on its own (ctxzip.cache)
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        model: str = "ctxzip-lingua2"  # shipped student, a student dir, a HF token-classification checkpoint
+        device: str | None = None  # None: CUDA when available
+        quantize: str | None = None  # "int8": dynamic int8 quantisation (CPU)
+        max_seq_len: int = 512  # classifier tokens per chunk, special tokens included
+        chunk_end_tokens: tuple[str, ...] = (".", "\n")
+        token_to_word: str = "mean"  # subword -> word probability: "mean" or "first"
+        unit_reduce: str = "mean"  # classifier words -> ctxzip unit: "mean", "max" or "first"
+        force_tokens: tuple[str, ...] = ()
+        force_reserve_digit: bool = False
+        drop_consecutive: bool = False
+        use_context_level_filter: bool = False
+        context_level_rate: float | None = None  # share of tokens the document filter keeps; None: (rate+1)/2
+        return_word_labels: bool = False
+        batch_size: int = 16
+
+        def __post_init__(self) -> None:
+            if not isinstance(self.model, str) or not self.model.strip():
+                raise ConfigError(f"lingua2: model must be 'ctxzip-lingua2', a path or a HF id, got {self.model!r}")
+            if self.quantize not in (None, "int8"):
+                raise ConfigError(f"lingua2: quantize must be None or 'int8', got {self.quantize!r}")
+            if isinstance(self.max_seq_len, bool) or not isinstance(self.max_seq_len, int) or not (
+                8 <= self.max_seq_len <= 512
+            ):
+                raise ConfigError(f"lingua2: max_seq_len must be an integer in [8, 512], got {self.max_seq_len!r}")
+            for name in ("chunk_end_tokens", "force_tokens"):
+                value = getattr(self, name)
+                if isinstance(value, str):
+                    raise ConfigError(f"lingua2: {name} must be a list of strings, e.g. ['.', '\\n'], not one string")
+                value = tuple(value)
+                if not all(isinstance(t, str) and t for t in value):
+                    raise ConfigError(f"lingua2: {name} must hold non-empty strings, got {value!r}")
+                object.__setattr__(self, name, value)
+            if self.token_to_word not in ("mean", "first"):
+                raise ConfigError(f"lingua2: token_to_word must be 'mean' or 'first', got {self.token_to_word!r}")
+            if self.unit_reduce not in ("mean", "max", "first"):
+                raise ConfigError(f"lingua2: unit_reduce must be 'mean', 'max' or 'first', got {self.unit_reduce!r}")
+            for name in ("force_reserve_digit", "drop_consecutive", "use_context_level_filter", "return_word_labels"):
+                if not isinstance(getattr(self, name), bool):
+                    raise ConfigError(f"lingua2: {name} must be True or False, got {getattr(self, name)!r}")
+            rate = self.context_level_rate
+            if rate is not None and (
+                isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < float(rate) <= 1.0
+            ):
+                raise ConfigError(f"lingua2: context_level_rate must be in (0, 1] or None, got {rate!r}")
+            if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+                raise ConfigError(f"lingua2: batch_size must be a positive integer, got {self.batch_size!r}")
+
+    def __init__(self, **config: Any) -> None:
+        super().__init__(**config)
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------------------------------ model
+
+    def _classifier(self, cfg: Any) -> Any:
+        from ..models.token_classifier import load_token_classifier
+
+        return load_token_classifier(cfg.model, device=cfg.device, quantize=cfg.quantize)
+
+    def load(self) -> None:
+        self._classifier(self.config)
+
+    # ------------------------------------------------------------------------------------------ probabilities
+
+    def word_probs(self, texts: Sequence[str], cfg: Any = None) -> list[WordProbs]:
+        """The classifier's word keep-probabilities of each text (the model's view, before unit mapping)."""
+        cfg = cfg or self.config
+        clf = self._classifier(cfg)
+        timer = self._timer()
+        t0 = time.perf_counter()
+        backend = clf.backend
+        encs = backend.encode_batch(list(texts), add_special_tokens=False)
+        seqs = []
+        for text, enc in zip(texts, encs, strict=True):
+            ids = np.asarray(enc.ids, dtype=np.int64)
+            offs = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+            wids = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)
+            seqs.append((text, ids, offs, wids))
+        timer["tokenize"] = timer.get("tokenize", 0.0) + time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        room = min(cfg.max_seq_len, clf.max_length) - 2
+        end_ids = set()
+        nl = "\n" in cfg.chunk_end_tokens
+        for tok in cfg.chunk_end_tokens:
+            if tok != "\n":
+                tid = backend.token_to_id(tok)
+                if tid is not None:
+                    end_ids.add(tid)
+        end_arr = np.asarray(sorted(end_ids), dtype=np.int64)
+        chunks: list[tuple[int, int, int]] = []  # (doc, a, b)
+        for d, (text, ids, offs, _) in enumerate(seqs):
+            n = ids.shape[0]
+            if n == 0:
+                continue
+            is_end = np.isin(ids, end_arr) if end_arr.size else np.zeros(n, dtype=bool)
+            if nl and n > room:
+                breaks = np.cumsum(np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32) == 10)
+                breaks = np.concatenate(([0], breaks))
+                nxt = np.concatenate((offs[1:, 0], [len(text)]))
+                is_end |= breaks[np.maximum(nxt, offs[:, 1])] > breaks[offs[:, 1]]
+            chunks.extend((d, a, b) for a, b in chunk_bounds(n, is_end, room))
+        probs = [np.full(s[1].shape[0], np.nan, dtype=np.float32) for s in seqs]
+        timer["post"] = timer.get("post", 0.0) + time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        self._run(clf, seqs, chunks, probs, cfg.batch_size)
+        timer["encoder"] = timer.get("encoder", 0.0) + time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        out = [
+            merge_words(wids, offs[:, 0], offs[:, 1], p, cfg.token_to_word)
+            for (_, _, offs, wids), p in zip(seqs, probs, strict=True)
+        ]
+        timer["post"] += time.perf_counter() - t0
+        return out
+
+    def _run(self, clf: Any, seqs: list, chunks: list[tuple[int, int, int]], probs: list[np.ndarray], bs: int) -> None:
+        if not chunks:
+            return
+        from .._lazy import require
+
+        torch = require("torch", feature="lingua2")
+        tok = clf.tokenizer
+        cls_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        sep_id = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        order = sorted(range(len(chunks)), key=lambda i: chunks[i][2] - chunks[i][1], reverse=True)
+        with torch.inference_mode():
+            for s in range(0, len(order), bs):
+                batch = [chunks[i] for i in order[s : s + bs]]
+                width = max(b - a for _, a, b in batch) + 2
+                ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+                mask = np.zeros((len(batch), width), dtype=np.int64)
+                for r, (d, a, b) in enumerate(batch):
+                    n = b - a
+                    ids[r, 0] = cls_id
+                    ids[r, 1 : n + 1] = seqs[d][1][a:b]
+                    ids[r, n + 1] = sep_id
+                    mask[r, : n + 2] = 1
+                logits = clf.model(
+                    input_ids=torch.from_numpy(ids).to(clf.device),
+                    attention_mask=torch.from_numpy(mask).to(clf.device),
+                ).logits
+                keep = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()
+                for r, (d, a, b) in enumerate(batch):
+                    probs[d][a:b] = keep[r, 1 : b - a + 1]
+
+    # ------------------------------------------------------------------------------------------ units
+
+    def _timer(self) -> dict[str, float]:
+        timer = getattr(self._local, "timer", None)
+        if timer is None:
+            timer = {}
+            self._local.timer = timer
+        return timer
+
+    def _unit_probs(self, request: CompressionRequest, docs: list[Units]) -> list[np.ndarray]:
+        cache: dict[int, np.ndarray] = getattr(self._local, "probs", None) or {}
+        todo = [u for u in docs if id(u) not in cache]
+        if todo:
+            cfg = self.options(request)
+            words = self.word_probs([u.text for u in todo], cfg)
+            t0 = time.perf_counter()
+            for u, w in zip(todo, words, strict=True):
+                p = reduce_by_units(u, w.starts, w.ends, w.probs, how=cfg.unit_reduce)
+                cache[id(u)] = np.nan_to_num(p, nan=0.0)
+            self._timer()["post"] = self._timer().get("post", 0.0) + time.perf_counter() - t0
+            self._local.probs = cache
+        return [cache[id(u)] for u in docs]
+
+    def _forced(self, cfg: Any, u: Units) -> np.ndarray:
+        """Units forced by force_tokens / force_reserve_digit (after drop_consecutive)."""
+        forced = np.zeros(len(u), dtype=bool)
+        rx = _force_regex(cfg.force_tokens)
+        if rx is not None:
+            pos = np.fromiter((m.start() for m in rx.finditer(u.text)), dtype=np.int64)
+            by_token = _positions_to_units(u, pos)
+            if cfg.drop_consecutive and by_token.any():
+                idx = np.flatnonzero(by_token)
+                stripped = np.array([u.text[int(u.starts[i]) : int(u.ends[i])].strip() for i in idx], dtype=object)
+                only = np.array([s in cfg.force_tokens for s in stripped], dtype=bool)
+                repeat = np.zeros(idx.size, dtype=bool)
+                repeat[1:] = only[1:] & (idx[1:] == idx[:-1] + 1) & (stripped[1:] == stripped[:-1])
+                by_token[idx[repeat]] = False
+            forced |= by_token
+        if cfg.force_reserve_digit:
+            pos = np.fromiter((m.start() for m in re.finditer(r"\d", u.text)), dtype=np.int64)
+            forced |= _positions_to_units(u, pos)
+        return forced
+
+    def score(self, request: CompressionRequest, docs: list[Units]) -> list[np.ndarray]:
+        cfg = self.options(request)
+        probs = self._unit_probs(request, docs)
+        out = []
+        for u, p in zip(docs, probs, strict=True):
+            s = p.copy()
+            if cfg.force_tokens or cfg.force_reserve_digit:
+                f = self._forced(cfg, u)
+                s[f] += _FORCED_BONUS
+            out.append(s)
+        return out
+
+    def coarse(self, request: CompressionRequest, docs: list[Units], budget: int) -> list[bool] | None:
+        cfg = self.options(request)
+        if not cfg.use_context_level_filter or len(docs) < 2:
+            return None
+        probs = self._unit_probs(request, docs)
+        costs = np.array([u.total_cost for u in docs], dtype=np.float64)
+        total = float(costs.sum())
+        if total <= 0:
+            return None
+        rate = cfg.context_level_rate
+        if rate is None:
+            rate = (min(1.0, budget / total) + 1.0) / 2.0
+        mean = np.array(
+            [float(np.mean(p)) if p.size else -np.inf for p in probs], dtype=np.float64
+        )
+        order = np.argsort(-mean, kind="stable")
+        csum = np.cumsum(costs[order])
+        n_keep = int(np.searchsorted(csum, rate * total, side="left")) + 1
+        keep = np.zeros(len(docs), dtype=bool)
+        keep[order[: max(1, n_keep)]] = True
+        keep |= np.array([bool(u.forced.any()) for u in docs])  # documents with protected spans stay
+        return keep.tolist()
+
+    # ------------------------------------------------------------------------------------------ results
+
+    def select(self, request: CompressionRequest, docs: list[Units], budget: int, counter: TokenCounter) -> Selection:
+        sel = super().select(request, docs, budget, counter)
+        self._local.selection = (docs, sel)
+        return sel
+
+    def compress(self, request: CompressionRequest) -> CompressionResult:
+        self._local.probs = {}
+        self._local.timer = {}
+        self._local.selection = None
+        try:
+            result = super().compress(request)
+            cfg = self.options(request)
+            details = dict(result.details)
+            timer = self._local.timer
+            if timer:
+                details["seconds"] = {k: round(v, 6) for k, v in timer.items()}
+            if cfg.return_word_labels:
+                details["word_labels"] = self._word_labels(request, cfg)
+            if len(details) != len(result.details):
+                result = dataclasses.replace(result, details=details)
+            return result
+        finally:
+            self._local.probs = {}
+            self._local.selection = None
+
+    def _word_labels(self, request: CompressionRequest, cfg: Any) -> list[dict[str, list]]:
+        stash = self._local.selection
+        if stash is None:  # under budget: every word kept
+            from ..tokens import get_counter
+
+            counter = get_counter(request.target_model)
+            docs = [segment(d.text, request.protect, counter) for d in request.documents]
+            keeps = [np.ones(len(u), dtype=bool) for u in docs]
+        else:
+            docs, sel = stash
+            keeps = sel.keep
+        probs = self._unit_probs(request, docs)
+        return [
+            {
+                "words": u.texts(),
+                "probs": np.round(p, 6).tolist(),
+                "labels": k.astype(np.int64).tolist(),
+            }
+            for u, p, k in zip(docs, probs, keeps, strict=True)
+        ]
