@@ -1,8 +1,9 @@
 """Bounded load test of the sidecar on loopback.
 
-Starts `ctxzip serve` in-process on a free loopback port, runs CLIENTS concurrent clients against
-/v1/compress for DURATION seconds (bounded: every loop checks the deadline), samples /livez every 100 ms,
-and prints one JSON object: throughput, p50/p99 latency, errors, and the worst /livez latency.
+Starts `ctxzip serve` as its own process on a free loopback port, runs CLIENTS concurrent clients against
+/v1/compress for DURATION seconds from this process (bounded: every loop checks the deadline), samples /livez
+every 100 ms from a third process (so neither the load generator nor the server's workers delay the probe on the
+client side), and prints one JSON object: throughput, p50/p99 latency, errors, and the /livez latencies.
 
     python benchmarks/loadtest_service.py --clients 200 --duration 60 --method lingua2
 """
@@ -12,15 +13,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import os
 import socket
 import statistics
-import threading
+import subprocess
+import sys
+import tempfile
 import time
 
 import httpx
-import uvicorn
-from ctxzip.service.app import create_app
-from ctxzip.service.config import ServiceConfig
 
 DOC = (
     "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris. It was designed by the "
@@ -56,14 +58,17 @@ async def _client(url: str, body: dict, deadline: float, lat: list[float], error
                 errors.append(type(exc).__name__)
 
 
-async def _livez(url: str, deadline: float, out: list[float]) -> None:
-    async with httpx.AsyncClient(timeout=10) as client:
+def _livez_probe(url: str, seconds: float, out: multiprocessing.Queue) -> None:
+    samples = []
+    deadline = time.perf_counter() + seconds
+    with httpx.Client(timeout=10) as client:
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
-            r = await client.get(url + "/livez")
+            r = client.get(url + "/livez")
             if r.status_code == 200:
-                out.append(time.perf_counter() - t0)
-            await asyncio.sleep(0.1)
+                samples.append(time.perf_counter() - t0)
+            time.sleep(0.1)
+    out.put(samples)
 
 
 async def _main(args: argparse.Namespace, url: str) -> dict:
@@ -75,13 +80,15 @@ async def _main(args: argparse.Namespace, url: str) -> dict:
         r.raise_for_status()
     lat: list[float] = []
     errors: list[str] = []
-    live: list[float] = []
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    probe = multiprocessing.Process(target=_livez_probe, args=(url, args.duration, queue))
     t0 = time.perf_counter()
     deadline = t0 + args.duration
-    await asyncio.gather(
-        _livez(url, deadline, live), *[_client(url, body, deadline, lat, errors) for _ in range(args.clients)]
-    )
+    probe.start()
+    await asyncio.gather(*[_client(url, body, deadline, lat, errors) for _ in range(args.clients)])
     elapsed = time.perf_counter() - t0
+    live = queue.get(timeout=60)
+    probe.join(timeout=10)
     return {
         "clients": args.clients,
         "duration_s": round(elapsed, 1),
@@ -107,19 +114,32 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=0.33)
     p.add_argument("--workers", type=int, default=2, help="compression threads in the sidecar")
     args = p.parse_args()
-    cfg = ServiceConfig(port=_port(), workers=args.workers, max_queue=args.clients + 16, request_timeout_s=120,
-                        ledger=False)
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=cfg.port, log_level="warning",
-                                           backlog=4096, limit_concurrency=None))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
+    port = _port()
+    cfg = {"port": port, "workers": args.workers, "max_queue": args.clients + 16, "request_timeout_s": 120,
+           "ledger": False}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(cfg, f)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ctxzip.cli", "serve", "--config", f.name, "--log-level", "warning"],
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
     try:
-        print(json.dumps(asyncio.run(_main(args, f"http://127.0.0.1:{cfg.port}"))))
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(url + "/livez", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise SystemExit("the sidecar did not start")
+            time.sleep(0.2)
+        print(json.dumps(asyncio.run(_main(args, url))))
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        server.terminate()
+        server.wait(timeout=30)
+        os.unlink(f.name)
 
 
 if __name__ == "__main__":

@@ -497,7 +497,7 @@ _FUNCTIONS = {
 _CONTAINERS = {
     "class_declaration", "abstract_class_declaration", "class", "interface_declaration", "enum_declaration",
     "record_declaration", "impl_item", "trait_item", "mod_item", "namespace_definition", "class_specifier",
-    "struct_specifier", "linkage_specification", "internal_module", "module",
+    "struct_specifier", "linkage_specification", "internal_module", "module", "class_definition",
 }
 _WRAPPERS = {"export_statement", "template_declaration", "declaration", "type_definition", "expression_statement",
              "ambient_declaration", "decorated_definition"}
@@ -728,6 +728,8 @@ def _chunk_tree_sitter(text: str, lines: list[str], language: str, merge_chars: 
             items[-1] = _Item(prev.first, max(prev.last, it.last), "code")
             continue
         items.append(it)
+    if root.has_error and items and max(it.last - it.first + 1 for it in items) > 0.3 * len(lines) > 30:
+        return None  # an error swallowed most of the file into one element: the line splitter does better
     trivia = _ts_trivia(root, lines, src)
     chunks = _build_chunks(items, len(lines), lines, trivia, merge_chars)
     fills = tuple(f for f in src.fills if 0 <= f.header < f.first <= f.last < len(lines))

@@ -540,6 +540,13 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
 
 
 def app_factory() -> FastAPI:
-    """For ``uvicorn --factory`` and worker processes: config from CTXZIP_SERVICE_CONFIG_JSON or the usual sources."""
+    """For ``uvicorn --factory`` and worker processes: config from CTXZIP_SERVICE_CONFIG_JSON or the usual sources.
+
+    Compression runs in worker threads; a short GIL switch interval (1 ms instead of 5 ms) lets the event loop
+    answer /livez and proxy traffic promptly while they work.
+    """
+    import sys
+
+    sys.setswitchinterval(0.001)
     text = os.environ.get("CTXZIP_SERVICE_CONFIG_JSON")
     return create_app(ServiceConfig.from_env_json(text) if text else ServiceConfig.load())

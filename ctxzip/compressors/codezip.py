@@ -37,9 +37,10 @@ only ever elided whole, at statement boundaries. The output is therefore *not* a
 (``spans`` list the kept character ranges). Budgets are in target-LLM tokens and are met within 5% when the
 always-kept lines fit.
 
-Protection: caller-given ``force`` strings and ``patterns`` and the ``urls``/``emails``/``numbers``/``ids``/
-``identifiers`` rules keep every line they touch. The prose rules ``markdown`` (a ``#`` comment is not a
-heading), ``paths`` (``total/self.count`` is not a path), ``code_blocks`` and ``json`` do not apply to code.
+Protection: caller-given ``force`` strings and ``patterns`` and the opt-in ``numbers``/``ids``/``identifiers``
+rules keep every line they touch (and the chunk around it). The default-on prose rules do not apply to code:
+``markdown`` (a ``#`` comment is not a heading), ``paths`` (``total/self.count`` is not a path), ``urls`` and
+``emails`` (a docstring link would pin a whole module docstring), ``code_blocks`` and ``json``.
 """
 
 from __future__ import annotations
@@ -528,7 +529,8 @@ class CodeZipCompressor(BaseCompressor):
         lines = lay.lines
         line_cost = np.asarray(counter.count_batch(list(lines)), dtype=np.float64) if lines else np.zeros(0)
         line_start = np.concatenate([[0], np.cumsum([len(x) for x in lines])]).astype(np.int64)
-        rules = dataclasses.replace(request.protect, markdown=False, paths=False, code_blocks=False, json=False)
+        rules = dataclasses.replace(request.protect, markdown=False, paths=False, code_blocks=False, json=False,
+                                    urls=False, emails=False)
         ranges = protected_ranges(lay.text, rules)
         protected = np.zeros(len(lines), dtype=bool)
         for a, b in ranges.tolist():
@@ -680,6 +682,7 @@ class CodeZipCompressor(BaseCompressor):
             return keep
 
         base_errors: dict[int, int] = {}
+        no_fine: set[int] = set()
 
         def render_all() -> tuple[list[str], list[list[tuple[int, int]]], int, int]:
             texts, spans, markers = [], [], 0
@@ -693,6 +696,7 @@ class CodeZipCompressor(BaseCompressor):
                         # safety net: keep this document's functions whole rather than emit broken syntax
                         for key in [k for k in funcs if k[0] == di]:
                             del funcs[key]
+                        no_fine.add(di)
                         warnings.append(f"document {di}: fine-grained elisions broke its syntax; kept functions whole")
                         t, s, m = self._render(doc, line_keep(di))
                 texts.append(t)
@@ -715,7 +719,7 @@ class CodeZipCompressor(BaseCompressor):
                 room = budget - got
                 if not self._grow(docs, funcs, chunk_keep, scores, room, marker_cost, extra_cost, take):
                     if not self._grow_partial(cfg, scorer, docs, funcs, chunk_keep, scores, room, query,
-                                              extra_cost, take):
+                                              extra_cost, take, no_fine):
                         break
             texts, spans, got, markers = render_all()
             if abs(got - budget) < best[0]:
@@ -759,11 +763,12 @@ class CodeZipCompressor(BaseCompressor):
 
     def _grow_partial(self, cfg: Any, scorer: Any, docs: list[_Doc], funcs: dict[tuple[int, int], _Func],
                       chunk_keep: list[np.ndarray], scores: list[np.ndarray], room: float, query: str,
-                      extra_cost: Any, take: Any) -> bool:
+                      extra_cost: Any, take: Any, no_fine: set[int]) -> bool:
         """No whole chunk fits: add the best elided function in part (its signature, returns, best blocks)."""
         order = sorted(((float(scores[di][ci]), di, int(ci)) for di, d in enumerate(docs)
                         for ci in np.flatnonzero(d.scoreable & ~chunk_keep[di])
-                        if d.layout.chunks[ci].kind == "function" and d.layout.chunks[ci].body is not None),
+                        if d.layout.chunks[ci].kind == "function" and d.layout.chunks[ci].body is not None
+                        and di not in no_fine),
                        key=lambda t: -t[0])
         for _s, di, ci in order[:8]:
             key = (di, ci)

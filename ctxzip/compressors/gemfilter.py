@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 #: Selection layer per shipped model, from the sweep in docs/benchmarks/gemfilter.md.
-DEFAULT_LAYERS: dict[str, int] = {"smollm2-135m": 13, "gemma-3-270m": 11}
+DEFAULT_LAYERS: dict[str, int] = {"smollm2-135m": 21, "gemma-3-270m": 11}
 
 #: How the question follows the context in the scoring prompt (its last token is the scoring query).
 QUESTION_TEMPLATE = "\n\nQuestion: {question}\nAnswer:"
@@ -444,7 +444,7 @@ class GemFilterCompressor(BaseCompressor):
         model: str = "smollm2-135m"
         layer: int | None = None  # None: DEFAULT_LAYERS for shipped models, else see default_layer()
         smooth: int = 5
-        pool: str = "max"  # token scores -> word score
+        pool: str = "mean"  # token scores -> word score (mean measured >= max at layers 21-23)
         max_window: int = 8192  # tokens per forward pass (clipped to the model's context length)
         template: str = "plain"  # how context and question are framed: "plain" or "chat" (see frame_ids)
         dtype: str = "float32"

@@ -133,7 +133,7 @@ def measure(impl: str, shape: str, fn: Callable[[], Any], device: Any, args: arg
 
 def print_table(rows: Sequence[Row], *, baseline: str, title: str, device: Any, dtype: Any) -> None:
     """Markdown table; speed-up and memory ratio are relative to ``baseline`` for the same shape."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, torch threads={torch.get_num_threads()}"
     print(f"\n{title} — {name}, {str(dtype).replace('torch.', '')}, torch {torch.__version__}\n")
     print("| shape | impl | time (ms) | peak mem (MiB) | speed-up vs " + baseline + " | mem vs " + baseline + " |")
     print("|---|---|---:|---:|---:|---:|")
