@@ -23,8 +23,10 @@ route            candidates (first available wins)
 code             ``codezip`` → ``lingua`` → ``embed-rank`` (sentence = line level) → ``truncate``
 json             ``json-values``: structure-preserving value compression (below)
 logs             ``log-lines``: keeps error/warning and rare lines whole, drops repeated templates
-prose_question   prose or chat with a question: ``longlingua`` → pipeline ``embed-rank`` (sentence) →
-                 ``lingua2`` (a question-aware coarse filter before lingua2) → ``embed-rank`` → ``truncate``
+prose_question   prose or chat with a question: pipeline ``embed-rank`` (sentence) → ``lingua2`` (a
+                 question-aware coarse filter before lingua2; fast: thousands of tokens/s on a CPU) →
+                 ``longlingua`` → ``embed-rank`` → ``truncate``. ``longlingua`` (SmolLM2 perplexities, tens to
+                 hundreds of tokens/s on a CPU) is one ``routes={"prose_question": ["longlingua"]}`` away.
 prose            prose or chat without a question: ``lingua2`` → ``lingua`` → ``embed-rank`` → ``truncate``
 ===============  ==========================================================================================
 
@@ -75,8 +77,8 @@ DEFAULT_ROUTES: dict[str, tuple[Any, ...]] = {
     "json": ("json-values",),
     "logs": ("log-lines",),
     "prose_question": (
-        "longlingua",
         {"stages": [{"method": "embed-rank", "config": _SENT}, "lingua2"]},
+        "longlingua",
         {"method": "embed-rank", "config": _SENT},
         "truncate",
     ),
