@@ -330,3 +330,31 @@ def test_cli_rejects_bad_factors():
     from ctxzip.cli import main
 
     assert main(["train-gist", "--out", "/tmp/unused-gist", "--factors", "4,x"]) == 2
+
+
+def test_gist_answer_nll_splices_vectors_into_the_reader_prompt(tiny_gist):
+    from ctxzip.bench.reader import qa_prompt
+    from ctxzip.gist.api import compress
+    from ctxzip.gist.evaluate import gist_answer_nll
+    from ctxzip.gist.model import CONT, SEP
+
+    ctx = compress([TEXT, "Berlin is the capital of Germany."], model=tiny_gist, factor=4, cache=False)
+    got = gist_answer_nll(tiny_gist, ctx, "capital of France?", "Paris")
+    tok, model = tiny_gist.lm.tokenizer, tiny_gist.lm.model
+    before, after = qa_prompt("@@", "capital of France?").split("@@")
+    emb = model.get_input_embeddings()
+    def ids(s):
+        return (torch.tensor(tok(s, add_special_tokens=False)["input_ids"]))
+    ans = ids(" Paris")
+    special = tiny_gist.encoder.special.detach()
+    rows = [emb(ids(before))]
+    for s in ctx.segments:
+        rows += [special[SEP][None], torch.from_numpy(s.vectors.astype(np.float32))]
+    rows += [special[CONT][None], emb(torch.cat([ids(after), ans]))]
+    with torch.no_grad():
+        x = torch.cat([r.detach() for r in rows], 0)[None]
+        logits = model(inputs_embeds=x).logits[0, -len(ans) - 1 : -1]
+        want = float(torch.nn.functional.cross_entropy(logits, ans))
+    assert got == pytest.approx(want, rel=1e-5)
+    other = gist_answer_nll(tiny_gist, ctx, "capital of France?", "Berlin Berlin")
+    assert other != pytest.approx(got)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -16,7 +17,8 @@ from ..errors import ConfigError
 from .api import GistModel, compress, decoder_inputs, load_gist
 from .data import TextDoc, TokenizedCorpus, load_corpus, split_corpus
 
-__all__ = ["FactorEval", "GistEvalReport", "TTFTReport", "evaluate", "evaluate_weights", "time_to_first_token"]
+__all__ = ["FactorEval", "GistEvalReport", "TTFTReport", "evaluate", "evaluate_weights", "time_to_first_token",
+           "ttft_on_held_out", "QARow", "gist_answer_nll", "nq20_reader_nll"]
 
 
 @dataclass(frozen=True)
@@ -184,3 +186,106 @@ def time_to_first_token(gm: GistModel, text: str, question: str, *, factor: int 
     best = min(gist_runs, key=lambda r: r[0])
     return TTFTReport(cold.n_tokens, len(cold.segments), cold.factor, int(full_ids.shape[1]), best[1], full_s,
                       best[0], cold.seconds, best[2])
+
+
+def ttft_on_held_out(weights: str | Path, tokens: int, *, data_dir: str = "/work/shared/data",
+                     factor: int | None = None, question: str = "What is the main point of this text?"
+                     ) -> TTFTReport:
+    """:func:`time_to_first_token` for the first ``tokens`` tokens of the held-out documents, concatenated."""
+    gm = load_gist(weights)
+    _, held = split_corpus(load_corpus(data_dir))
+    ids: list[int] = []
+    for d in held:
+        ids.extend(gm.lm.tokenizer(d.text + "\n\n", add_special_tokens=False)["input_ids"])
+        if len(ids) >= tokens:
+            break
+    if len(ids) < tokens:
+        raise ConfigError(f"the held-out text has only {len(ids)} tokens; ask for fewer")
+    text = gm.lm.tokenizer.decode(ids[:tokens])
+    return time_to_first_token(gm, text, question, factor=factor)
+
+
+@dataclass(frozen=True)
+class QARow:
+    """One nq20-style row's reader NLL (nats/token of the gold answer) per context kind."""
+
+    id: str
+    nll: dict[str, float]
+    rate: dict[str, float]  # decoder positions (gist) or kept target tokens (text) over original tokens
+
+
+_MARK = "\u2063GIST\u2063"
+
+
+def gist_answer_nll(gm: GistModel, context: Any, question: str, answer: str) -> float:
+    """The bench reader's ``answer_nll`` with the gist vectors in place of the context text.
+
+    The prompt is the bench's lost-in-the-middle QA prompt in the decoder's chat template
+    (:func:`ctxzip.bench.reader.qa_prompt`), split where the context goes; the compressed context (``[SEP]``
+    vectors per segment, ``[CONT]``) is spliced in as embeddings.
+    """
+    torch = require("torch", feature="gist evaluation")
+    from ..bench.reader import qa_prompt
+    from .model import CONT, build_prefix
+
+    tok = gm.lm.tokenizer
+    user = qa_prompt(_MARK, question)
+    chat = getattr(tok, "chat_template", None)
+    full = tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True,
+                                   tokenize=False) if chat else user
+    before, after = full.split(_MARK, 1)
+
+    def enc(s: str) -> list[int]:
+        return list(tok(s, add_special_tokens=False)["input_ids"])
+
+    ans = enc(answer.strip() if chat else " " + answer.strip())
+    if not ans:
+        raise ConfigError("gist_answer_nll needs a non-empty answer")
+    embed = gm.lm.model.get_input_embeddings()
+    dev = embed.weight.device
+    with torch.no_grad():
+        segs = [torch.from_numpy(s.vectors.astype(np.float32)).to(dev) for s in context.segments]
+        parts = [embed(torch.tensor(enc(before), dtype=torch.long, device=dev)).float(),
+                 build_prefix(gm.encoder, segs, CONT).float(),
+                 embed(torch.tensor(enc(after) + ans, dtype=torch.long, device=dev)).float()]
+        x = torch.cat(parts, 0)[None].to(embed.weight.dtype)
+        n = len(ans)
+        logits = gm.lm.model(inputs_embeds=x, use_cache=False).logits[0, -n - 1 : -1].float()
+        return float(torch.nn.functional.cross_entropy(logits, torch.tensor(ans, device=dev)))
+
+
+def nq20_reader_nll(weights: str | Path, path: str | Path, *, limit: int = 3, factors: Sequence[int] = (4,),
+                    hard_methods: Sequence[str] = (), log: Any = None) -> list[QARow]:
+    """Reader NLL of the gold answer on QA rows: full context, gist at each factor, and hard compressors at
+    the gist's effective rate (decoder positions / context tokens of factor ``factors[0]``)."""
+    import ctxzip
+
+    from ..bench.data import load_rows
+    from ..bench.reader import Reader
+    from ..select import DOC_SEPARATOR
+
+    gm = load_gist(weights)
+    reader = Reader(model=gm.lm.model, tokenizer=gm.lm.tokenizer, name="gist-decoder",
+                    max_length=int(getattr(gm.lm, "max_length", 8192)))
+    out = []
+    for row in load_rows(path, limit=limit):
+        gold = row.gold_answer
+        if not gold:
+            continue
+        texts = [t for _, t in row.docs]
+        nll: dict[str, float] = {"full": reader.answer_nll(DOC_SEPARATOR.join(texts), row.question, gold)}
+        rate: dict[str, float] = {"full": 1.0}
+        first_rate = None
+        for f in factors:
+            ctx = compress(texts, model=gm, factor=f, cache=False)
+            nll[f"gist-f{f}"] = gist_answer_nll(gm, ctx, row.question, gold)
+            rate[f"gist-f{f}"] = ctx.rate
+            first_rate = ctx.rate if first_rate is None else first_rate
+        for method in hard_methods:
+            res = ctxzip.compress(texts, question=row.question, rate=first_rate, method=method, cache=False)
+            nll[method] = reader.answer_nll(res.text, row.question, gold)
+            rate[method] = float(res.rate)
+        out.append(QARow(row.id, nll, rate))
+        if log is not None:
+            log(json.dumps({"id": row.id, "nll": nll, "rate": rate}))
+    return out
