@@ -14,7 +14,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train-gist",
         help="train the gist soft-compression encoder for a frozen local decoder (resumable, time-bounded)",
-        description="Train gist (reconstruction 20%% + continuation 80%%) on developer-visible text; "
+        description="Train gist (reconstruction 20% + continuation 80%) on developer-visible text; "
         "re-running with the same --out resumes from its checkpoint. --eval-only evaluates weights instead.",
     )
     p.add_argument("--out", required=True, help="directory for checkpoint.safetensors, log.jsonl, gist.safetensors")

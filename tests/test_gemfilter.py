@@ -331,6 +331,8 @@ def test_config_validation():
         gf.GemFilterCompressor(pool="median")
     with pytest.raises(ConfigError, match="layer"):
         gf.GemFilterCompressor(layer=-1)
+    with pytest.raises(ConfigError, match="template"):
+        gf.GemFilterCompressor(template="markdown")
     with pytest.raises(ConfigError, match="max_window"):
         gf.GemFilterCompressor(max_window=10)
     with pytest.raises(ConfigError, match="unknown option"):

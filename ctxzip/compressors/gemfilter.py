@@ -19,8 +19,8 @@ How this module does it, for any Hugging Face decoder whose attention modules ta
   consecutive windows; each window is scored on its own as ``[BOS] + window + question`` so its last query is
   always the question's. Scores of different windows are the same kind of number (summed logits at the same
   layer) and are ranked together.
-* token scores become scores of ctxzip's word units with :func:`ctxzip.units.reduce_by_units` (``pool``, default
-  ``max``: a word is as important as its most attended token), so the budget (target-LLM tokens), protected
+* token scores become scores of ctxzip's word units with :func:`ctxzip.units.reduce_by_units` (``pool``: ``mean``
+  of its tokens by default, measured slightly better than ``max`` at the chosen layer), so the budget (target-LLM tokens), protected
   spans and the subsequence guarantee come from the core selector.
 
 :meth:`GemFilterCompressor.inspect` returns the pure token-level selection (top-k model tokens, their ids and

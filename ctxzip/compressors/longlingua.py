@@ -12,7 +12,9 @@
      own token NLLs, which the fine stage reuses as the unconditioned half of the contrastive score.
    * ``"bm25"``: Okapi BM25 of the question's words (no model).
 
-   Pieces are kept in rank order until their target-LLM tokens reach the budget plus ``context_budget``.
+   Pieces are kept in rank order until their target-LLM tokens reach the budget plus ``context_budget``
+   (default 0: measured on ``nq20``, LLMLingua's ``+100`` kept the same answers at 0.25 and fewer at 0.05, at
+   half the speed, because a 135M model's fine-grained choices are weaker than the ranking).
 2. **Dynamic compression ratio**: kept piece ``k`` (of ``n``, by rank) gets the ratio ``τ + δτ·(1 − 2k/(n−1))``,
    clipped to [0, 1], with ``τ = budget / kept tokens`` and ``δτ = dynamic_ratio`` (0.3).
 3. **Fine, question-aware contrastive perplexity**: each token's score is its NLL without the question minus
@@ -117,7 +119,7 @@ class LongLinguaCompressor(BaseCompressor):
         rank_model: str = "minilm-l6"
         mode: str = "single"
         iterative_size: int = 200
-        context_budget: float = 100.0
+        context_budget: float = 0.0
         context_filter: bool = True
         dynamic_ratio: float = 0.3
         reorder: str = "sort"
