@@ -12,10 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-from ctxzip.integrations.langchain import CtxzipCompressor, OfflineEmbeddings
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_community.vectorstores import FAISS
 
+from ctxzip.integrations.langchain import CtxzipCompressor, OfflineEmbeddings
 from ctxzip.tokens import get_counter
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "nq" / "nq-open-oracle.dev.jsonl.gz"

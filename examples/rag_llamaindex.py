@@ -13,10 +13,10 @@ import json
 import sys
 from pathlib import Path
 
-from ctxzip.integrations.llamaindex import CtxzipNodePostprocessor, OfflineEmbedding
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.llms import MockLLM
 
+from ctxzip.integrations.llamaindex import CtxzipNodePostprocessor, OfflineEmbedding
 from ctxzip.tokens import get_counter
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "nq" / "nq-open-oracle.dev.jsonl.gz"

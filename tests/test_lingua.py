@@ -19,6 +19,7 @@ pytest.importorskip("transformers")
 
 from ctxzip.models.testing import make_tiny_causal_lm  # noqa: E402
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """Tiny models run faster on one thread (and the shared 2-core machine stays usable)."""

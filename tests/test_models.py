@@ -25,6 +25,7 @@ from ctxzip.models import (  # noqa: E402
 )
 from ctxzip.models.testing import make_tiny_causal_lm  # noqa: E402
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread():
     """Tiny models run faster on one thread (and the shared 2-core machine stays usable)."""

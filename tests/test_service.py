@@ -14,11 +14,12 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 import uvicorn  # noqa: E402
-from ctxzip.service.app import create_app  # noqa: E402
-from ctxzip.service.config import ServiceConfig  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+
+from ctxzip.service.app import create_app  # noqa: E402
+from ctxzip.service.config import ServiceConfig  # noqa: E402
 
 LONG_TURN = "We talked about the quarterly budget, the hiring plan and the new office in Lisbon. " * 12
 
@@ -237,8 +238,9 @@ def test_readyz_waits_for_models():
 def test_queue_bound_gives_429_and_livez_stays_fast(tmp_path):
     import concurrent.futures
 
-    import ctxzip.service.app as appmod
     import httpx
+
+    import ctxzip.service.app as appmod
 
     cfg = ServiceConfig(method="truncate", rate=0.5, workers=1, max_queue=1, ledger=False)
     app = create_app(cfg)
