@@ -23,7 +23,7 @@ from langchain_core.embeddings import Embeddings  # noqa: E402
 from langchain_core.messages import BaseMessage, convert_to_messages, convert_to_openai_messages  # noqa: E402
 from langchain_core.prompt_values import ChatPromptValue, PromptValue  # noqa: E402
 from langchain_core.runnables import RunnableConfig, RunnableSerializable  # noqa: E402
-from pydantic import ConfigDict, Field, model_validator  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, model_validator  # noqa: E402
 
 import ctxzip  # noqa: E402
 
@@ -32,13 +32,22 @@ from ._common import Settings, stats  # noqa: E402
 __all__ = ["CtxzipCompressor", "CtxzipRunnable", "ctxzip_middleware", "OfflineEmbeddings"]
 
 
-class _SettingsMixin:
-    method: str
-    rate: float | None
-    target_tokens: int | None
-    target_model: str
-    config: dict[str, Any]
-    options: dict[str, Any]
+class _CtxzipFields(BaseModel):
+    """The settings shared by the LangChain components (passed to :func:`ctxzip.compress`)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    method: str = "auto"
+    rate: float | None = 0.5
+    target_tokens: int | None = None
+    target_model: str = "gpt-4o"
+    config: dict[str, Any] = Field(default_factory=dict)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> _CtxzipFields:
+        self._settings()
+        return self
 
     def _settings(self) -> Settings:
         return Settings(
@@ -51,22 +60,8 @@ class _SettingsMixin:
         )
 
 
-class CtxzipCompressor(_SettingsMixin, BaseDocumentCompressor):
+class CtxzipCompressor(_CtxzipFields, BaseDocumentCompressor):
     """Compress retrieved documents with ctxzip, question-aware, one output document per kept input."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    method: str = "auto"
-    rate: float | None = 0.5
-    target_tokens: int | None = None
-    target_model: str = "gpt-4o"
-    config: dict[str, Any] = Field(default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _check(self) -> CtxzipCompressor:
-        self._settings()
-        return self
 
     def _outputs(self, documents: Sequence[Document], result: ctxzip.CompressionResult) -> list[Document]:
         out = []
@@ -102,30 +97,19 @@ class CtxzipCompressor(_SettingsMixin, BaseDocumentCompressor):
 def _compress_messages(messages: list[BaseMessage], settings: Settings, policy: Any) -> list[BaseMessage]:
     openai_msgs = convert_to_openai_messages(messages)
     budget = {"rate": settings.rate} if settings.rate is not None else {"target_tokens": settings.target_tokens}
-    kwargs: dict[str, Any] = {"model": settings.target_model, **budget}
+    kwargs: dict[str, Any] = {
+        "model": settings.target_model, "method": settings.method, "config": dict(settings.config) or None, **budget
+    }
     if policy is not None:
         kwargs["policy"] = policy
     out = ctxzip.compress_messages(openai_msgs, **kwargs)
     return list(convert_to_messages(out.messages))
 
 
-class CtxzipRunnable(_SettingsMixin, RunnableSerializable[Any, Any]):
+class CtxzipRunnable(_CtxzipFields, RunnableSerializable[Any, Any]):
     """Compress a prompt value, chat messages or a string (input and output have the same type)."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    method: str = "auto"
-    rate: float | None = 0.5
-    target_tokens: int | None = None
-    target_model: str = "gpt-4o"
-    config: dict[str, Any] = Field(default_factory=dict)
-    options: dict[str, Any] = Field(default_factory=dict)
     policy: Any = None
-
-    @model_validator(mode="after")
-    def _check(self) -> CtxzipRunnable:
-        self._settings()
-        return self
 
     def invoke(self, input: Any, config: RunnableConfig | None = None, **kwargs: Any) -> Any:
         settings = self._settings()
@@ -141,14 +125,19 @@ class CtxzipRunnable(_SettingsMixin, RunnableSerializable[Any, Any]):
 
 
 def ctxzip_middleware(
-    *, rate: float | None = 0.5, target_tokens: int | None = None, model: str = "gpt-4o", policy: Any = None
+    *,
+    rate: float | None = 0.5,
+    target_tokens: int | None = None,
+    model: str = "gpt-4o",
+    method: str = "auto",
+    policy: Any = None,
 ) -> Any:
     """A LangChain v1 agent middleware compressing the conversation before each model call.
 
     ``create_agent(model, tools, middleware=[ctxzip_middleware(rate=0.4)])``. Needs ``langchain>=1``.
     """
     agents = require("langchain.agents.middleware", feature="the LangChain agent middleware (langchain>=1)")
-    settings = Settings(rate=rate, target_tokens=target_tokens, target_model=model)
+    settings = Settings(method=method, rate=rate, target_tokens=target_tokens, target_model=model)
 
     class CtxzipMiddleware(agents.AgentMiddleware):  # type: ignore[misc,name-defined]
         def wrap_model_call(self, request: Any, handler: Any) -> Any:

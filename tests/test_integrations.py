@@ -122,6 +122,60 @@ def test_langchain_runnable_on_strings():
         CtxzipRunnable(method="truncate", rate=None)
 
 
+def _chat():
+    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+    turns = []
+    for i in range(6):
+        turns += [
+            HumanMessage(f"Turn {i}: we discussed the budget, the hiring plan and the Lisbon office. " * 8),
+            AIMessage(f"Noted turn {i}: budget, hiring and the Lisbon office are on the list. " * 8),
+        ]
+    return [SystemMessage("You are terse.")] + turns + [HumanMessage("Which city was the office in?")]
+
+
+@pytest.mark.parametrize("as_prompt", [False, True])
+def test_langchain_runnable_compresses_chat_messages(as_prompt):
+    from langchain_core.prompt_values import ChatPromptValue
+
+    from ctxzip.integrations.langchain import CtxzipRunnable
+
+    msgs = _chat()
+    runnable = CtxzipRunnable(method="truncate", rate=0.4)
+    out = runnable.invoke(ChatPromptValue(messages=msgs) if as_prompt else msgs)
+    out_msgs = out.to_messages() if as_prompt else out
+    assert out_msgs[0].content == msgs[0].content and out_msgs[-1].content == msgs[-1].content
+    counter = get_counter("gpt-4o")
+    before = sum(counter.count(m.content) for m in msgs)
+    after = sum(counter.count(m.content) for m in out_msgs)
+    assert after <= 0.4 * before * 1.05
+
+
+def test_langchain_agent_middleware_compresses_before_the_model_call():
+    pytest.importorskip("langchain.agents")
+    from langchain.agents import create_agent
+    from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
+    from langchain_core.messages import AIMessage
+
+    from ctxzip.integrations.langchain import ctxzip_middleware
+
+    seen = []
+
+    class Recording(FakeMessagesListChatModel):
+        def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+            seen.append(list(messages))
+            return super()._generate(messages, stop=stop, run_manager=run_manager, **kwargs)
+
+    model = Recording(responses=[AIMessage("Lisbon")])
+    agent = create_agent(model, tools=[], middleware=[ctxzip_middleware(rate=0.4, method="truncate")])
+    msgs = _chat()
+    agent.invoke({"messages": msgs[1:]}, {"recursion_limit": 5})
+    counter = get_counter("gpt-4o")
+    sent = sum(counter.count(m.content) for m in seen[0] if isinstance(m.content, str))
+    original = sum(counter.count(m.content) for m in msgs[1:])
+    assert sent < original * 0.6
+
+
 def test_llamaindex_query_engine_with_postprocessor(rows):
     from llama_index.core import Document as LIDocument
     from llama_index.core import Settings, VectorStoreIndex
