@@ -55,13 +55,16 @@ class EmbedRankCompressor(BaseCompressor):
                 owner.append(np.full(len(u), len(pieces), dtype=np.int64))
                 pieces.append(u.text)
             else:
+                # sentence ids are non-decreasing along the units: one piece per run
                 sent = u.sentence
-                uniq, inv = np.unique(sent, return_inverse=True)
+                first = np.flatnonzero(np.concatenate(([True], sent[1:] != sent[:-1])))
+                last = np.concatenate((first[1:], [len(u)])) - 1
                 base = len(pieces)
-                for s in uniq.tolist():
-                    idx = np.flatnonzero(sent == s)
-                    pieces.append(u.text[int(u.starts[idx[0]]) : int(u.ends[idx[-1]])])
-                owner.append(base + inv.astype(np.int64))
+                text = u.text
+                pieces.extend(
+                    text[s:e] for s, e in zip(u.starts[first].tolist(), u.ends[last].tolist())
+                )
+                owner.append(base + np.cumsum(np.isin(np.arange(len(u)), first)) - 1)
         emb = np.asarray(
             enc.encode(pieces, batch_size=cfg.batch_size, normalize_embeddings=True, convert_to_numpy=True),
             dtype=np.float64,
