@@ -333,6 +333,20 @@ def test_cli_json_and_sweep(tmp_path, capsys):
     assert main([str(task), "--method", "truncate", "--rate", "0.5", "--config", "other:x=1"]) == 2
 
 
+def test_method_specs_with_variants(tmp_path):
+    from ctxzip.bench.runner import parse_method_spec, split_methods
+
+    assert split_methods("a, b[k=1,j=\"x,y\"],c") == ["a", 'b[k=1,j="x,y"]', "c"]
+    assert parse_method_spec("random[seed=3,mode=fast]") == ("random", {"seed": 3, "mode": "fast"})
+    assert parse_method_spec("truncate") == ("truncate", {})
+    with pytest.raises(ConfigError):
+        parse_method_spec("random[seed]")
+    task = _write(tmp_path / "toy.jsonl", QA_ROWS[:2])
+    cfg = BenchConfig(task_file=str(task), methods=("random", "random[seed=1]"), budgets=(Budget(rate=0.25),))
+    labels = [s.method for s in run_bench(cfg, progress=False).summaries]
+    assert labels == ["random", "random(seed=1)"]
+
+
 def test_cli_config_parsing():
     from ctxzip.bench.cli import parse_configs
 

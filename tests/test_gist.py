@@ -229,6 +229,9 @@ def test_generate_matches_manual_greedy_decoding(tiny_gist):
             toks.append(nxt)
             emb = torch.cat([emb, model.get_input_embeddings()(torch.tensor([[nxt]]))], 1)
     assert list(out.token_ids) == toks
+    for given in (model, tiny_gist.lm):  # a Hugging Face model or a LoadedLM give the same tokens
+        again = generate(given, ctx, "capital of France?", gist=tiny_gist, max_new_tokens=5, eos_token_id=None)
+        assert again.token_ids == out.token_ids
     assert out.prompt_positions == ctx.decoder_positions + len(
         tiny_gist.lm.tokenizer("\nQuestion: capital of France?\nAnswer:", add_special_tokens=False)["input_ids"])
 

@@ -92,6 +92,8 @@ def test_split_segments_cuts_long_documents_at_sentences():
         assert long_doc[s.end - 1] == "."  # cut after a sentence end
     assert sum(s.cost for s in first) == docs[0].total_cost
     assert len(split_segments(docs, 0)) == 2
+    finer = [s for s in split_segments(docs, 40, size=15) if s.doc == 0]
+    assert len(finer) > len(first) and all(s.cost <= 2 * 15 + 12 for s in finer)
 
 
 def test_quota_scores_reproduce_per_segment_quotas():

@@ -98,16 +98,25 @@ def test_missing_package_gives_pip_line():
         )
 
 
-def test_hub_id_offline_not_cached(monkeypatch, tmp_path):
+def _no_hf_cache(monkeypatch):
+    """Make every Hugging Face id look uncached (the real cache of the machine may hold some)."""
+    hub = pytest.importorskip("huggingface_hub")
+
+    def not_cached(*args, **kwargs):
+        raise hub.errors.LocalEntryNotFoundError("not in the cache (test)")
+
+    monkeypatch.setattr(hub, "snapshot_download", not_cached)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def test_hub_id_offline_not_cached(monkeypatch):
+    _no_hf_cache(monkeypatch)
     with pytest.raises(ModelError, match="not in the local Hugging Face cache"):
         resolve("someone/definitely-not-cached-model")
 
 
-def test_hub_id_with_identical_package_falls_back_offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+def test_hub_id_with_identical_package_falls_back_offline(monkeypatch):
+    _no_hf_cache(monkeypatch)
     ref = resolve("sentence-transformers/all-MiniLM-L6-v2")
     assert ref.name == "minilm-l6" and ref.source == "package"
 
@@ -264,7 +273,7 @@ def test_nll_equals_full_logits_cross_entropy(tiny_lm, n_tokens):
 def test_batching_with_padding_matches_one_by_one(tiny_lm):
     scorer = CausalLMScorer(tiny_lm, window=48, overlap=8, batch_size=4)
     together = scorer.token_nll(TEXTS)
-    for text, got in zip(TEXTS, together, strict=False):
+    for text, got in zip(TEXTS, together, strict=True):
         (alone,) = CausalLMScorer(tiny_lm, window=48, overlap=8, batch_size=1).token_nll([text])
         np.testing.assert_allclose(got.nll, alone.nll, atol=1e-5)
         assert len(got) == len(alone)
@@ -272,12 +281,12 @@ def test_batching_with_padding_matches_one_by_one(tiny_lm):
 
 def test_offsets_point_into_the_text(tiny_lm):
     scorer = CausalLMScorer(tiny_lm)
-    for text, s in zip(TEXTS, scorer.token_nll(TEXTS), strict=False):
+    for text, s in zip(TEXTS, scorer.token_nll(TEXTS), strict=True):
         assert len(s.starts) == len(s.ends) == len(s.nll) == len(s.input_ids)
         if len(s):
             assert s.starts[0] == 0 and s.ends[-1] == len(text)
             assert np.all(s.ends >= s.starts) and np.all(np.diff(s.starts) >= 0)
-            assert "".join(text[a:b] for a, b in zip(s.starts, s.ends, strict=False)) == text
+            assert "".join(text[a:b] for a, b in zip(s.starts, s.ends, strict=True)) == text
 
 
 def test_first_token_nan_without_start_token(tiny_lm):
@@ -350,7 +359,7 @@ def test_bfloat16_and_int8_are_close_to_float32(tiny_dir, tiny_lm):
     for kw in ({"dtype": "bfloat16"}, {"quantize": "int8"}):
         lm = load_causal_lm(str(tiny_dir), device="cpu", **kw)
         got = CausalLMScorer(lm).token_nll(TEXTS[:3])
-        for r, g in zip(ref, got, strict=False):
+        for r, g in zip(ref, got, strict=True):
             assert g.nll.dtype == np.float32 and np.all(np.isfinite(g.nll))
             assert np.corrcoef(r.nll, g.nll)[0, 1] > 0.9
     assert lm.fingerprint.endswith(":int8")

@@ -35,6 +35,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--method", "-m", action="append", default=None, metavar="NAME",
         help="compressor to run (repeat, or NAME1,NAME2, to run several side by side on the same rows); "
+        "NAME[key=value,...] gives a variant its own options; "
         "'llmlingua-0.2.2' runs the reference implementation in its own environment",
     )
     budget = p.add_mutually_exclusive_group()
@@ -112,11 +113,11 @@ def parse_configs(items: list[str] | None, methods: list[str]) -> dict[str, dict
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    from .runner import BenchConfig, Budget
+    from .runner import BenchConfig, Budget, split_methods
 
     methods: list[str] = []
     for item in args.method or []:
-        methods += [m.strip() for m in item.split(",") if m.strip()]
+        methods += split_methods(item)
     if args.target_tokens is not None:
         budgets = [Budget(target_tokens=args.target_tokens)]
     else:

@@ -333,6 +333,49 @@ def _seed_all(seed: int, row_id: str) -> None:
         torch.manual_seed(s)
 
 
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def split_methods(text: str) -> list[str]:
+    """Split ``"a,b[k=1,j=2],c"`` at the commas outside brackets."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth = max(0, depth - 1)
+        if ch == "," and depth == 0:
+            if cur.strip():
+                out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        out.append(cur.strip())
+    return out
+
+
+def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name"`` or ``"name[key=value,...]"`` (values JSON, else strings) -> (name, config)."""
+    spec = spec.strip()
+    if "[" not in spec:
+        return spec, {}
+    if not spec.endswith("]") or spec.index("[") == 0:
+        raise ConfigError(f"method {spec!r}: write NAME or NAME[key=value,...]")
+    name, inner = spec[: spec.index("[")], spec[spec.index("[") + 1 : -1]
+    conf: dict[str, Any] = {}
+    for item in split_methods(inner):
+        if "=" not in item:
+            raise ConfigError(f"method {spec!r}: option {item!r} is not key=value")
+        k, v = item.split("=", 1)
+        conf[k.strip()] = _value(v.strip())
+    return name, conf
+
+
 def method_label(name: str, config: Mapping[str, Any] | None) -> str:
     """``name`` or ``name(k=v,...)`` when the method runs with a non-default config."""
     if not config:
@@ -589,8 +632,9 @@ def run_bench(
 
     try:
         with _Progress(progress) as bar:
-            for name in cfg.methods:
-                conf = dict(cfg.method_config.get(name, {}))
+            for spec in cfg.methods:
+                name, conf = parse_method_spec(spec)
+                conf.update(cfg.method_config.get(spec, {}))
                 label = method_label(name, conf)
                 todo: list[tuple[Budget, Row]] = []
                 for b in cfg.budgets:

@@ -68,10 +68,12 @@ class Segment:
     cost: int
 
 
-def split_segments(docs: Sequence[Units], chunk_tokens: int = 0) -> list[Segment]:
+def split_segments(docs: Sequence[Units], chunk_tokens: int = 0, size: int | None = None) -> list[Segment]:
     """One segment per non-empty document; documents over ``2 * chunk_tokens`` target tokens are cut into chunks
-    of whole sentences of about ``chunk_tokens`` (a sentence longer than twice that is cut between words)."""
+    of whole sentences of about ``size`` tokens (default ``chunk_tokens``; a sentence longer than twice that is
+    cut between words)."""
     out: list[Segment] = []
+    size = chunk_tokens if size is None else max(1, min(size, chunk_tokens))
     for d, u in enumerate(docs):
         n = len(u)
         if n == 0:
@@ -87,11 +89,11 @@ def split_segments(docs: Sequence[Units], chunk_tokens: int = 0) -> list[Segment
         for i in range(n):
             acc += int(costs[i])
             at_sentence_end = i + 1 == n or sent[i + 1] != sent[i]
-            if (acc >= chunk_tokens and at_sentence_end) or acc >= 2 * chunk_tokens:
+            if (acc >= size and at_sentence_end) or acc >= 2 * size:
                 bounds.append(i + 1)
                 acc = 0
         if bounds[-1] != n:
-            if acc < chunk_tokens // 2 and len(bounds) > 1:
+            if acc < size // 2 and len(bounds) > 1:
                 bounds[-1] = n  # fold a short tail into the previous chunk
             else:
                 bounds.append(n)
@@ -112,7 +114,7 @@ class SegTokens:
 def encode_segments(scorer: Any, docs: Sequence[Units], segs: Sequence[Segment]) -> list[SegTokens]:
     texts = [docs[s.doc].text[s.start : s.end] for s in segs]
     out = []
-    for s, (ids, starts, ends) in zip(segs, scorer.encode(texts), strict=False):
+    for s, (ids, starts, ends) in zip(segs, scorer.encode(texts), strict=True):
         out.append(SegTokens(ids, starts + s.start, ends + s.start))
     return out
 
@@ -194,7 +196,7 @@ def fill_quotas(kept: Sequence[int], segs: Sequence[Segment], budget: float, off
     """Quota (target tokens) of each kept segment: ``clip(τ + offset, 0, 1) * cost`` with ``τ = budget/kept``."""
     total = sum(segs[i].cost for i in kept)
     tau = budget / max(total, 1)
-    return {i: float(np.clip(tau + off, 0.0, 1.0)) * segs[i].cost for i, off in zip(kept, offsets, strict=False)}
+    return {i: float(np.clip(tau + off, 0.0, 1.0)) * segs[i].cost for i, off in zip(kept, offsets, strict=True)}
 
 
 def take_until(order: Sequence[int], segs: Sequence[Segment], limit: float) -> list[int]:
@@ -269,7 +271,7 @@ def iterative_scores(
             csum = np.cumsum(cost[order_w])
             n_keep = int(np.searchsorted(csum, room, side="right"))
             keep_units = set(units_here[order_w[:n_keep]].tolist()) | set(units_here[forced].tolist())
-            kept_ids = [tid for tid, un in zip(ids, tu[a:b].tolist(), strict=False) if un in keep_units]
+            kept_ids = [tid for tid, un in zip(ids, tu[a:b].tolist(), strict=True) if un in keep_units]
             for st in streams:
                 st.commit(kept_ids)
     return fine
@@ -351,10 +353,10 @@ class LinguaCompressor(BaseCompressor):
         toks = encode_segments(scorer, docs, segs)
         nll = scorer.score_ids([t.ids for t in toks])
         parts: list[list] = [[] for _ in docs]
-        for s, t, (v, _) in zip(segs, toks, nll, strict=False):
+        for s, t, (v, _) in zip(segs, toks, nll, strict=True):
             parts[s.doc].append((t.starts, t.ends, v))
         return [
-            np.nan_to_num(reduce_to_units(u, p, cfg.word_score), nan=-1e3) for u, p in zip(docs, parts, strict=False)
+            np.nan_to_num(reduce_to_units(u, p, cfg.word_score), nan=-1e3) for u, p in zip(docs, parts, strict=True)
         ]
 
     def select(self, request: CompressionRequest, docs: list[Units], budget: int, counter: TokenCounter) -> Selection:
@@ -382,6 +384,6 @@ class LinguaCompressor(BaseCompressor):
             parts: list[list] = [[] for _ in docs]
             for i in kept:
                 parts[segs[i].doc].append((toks[i].starts, toks[i].ends, nll[i]))
-            fine = [reduce_to_units(u, p, cfg.word_score) for u, p in zip(docs, parts, strict=False)]
+            fine = [reduce_to_units(u, p, cfg.word_score) for u, p in zip(docs, parts, strict=True)]
         scores = quota_scores(docs, segs, fine, quotas, rank)
         return select_to_budget(docs, scores, budget, counter)

@@ -1,7 +1,8 @@
 """``longlingua``: LongLLMLingua (Jiang et al., ACL 2024), question-aware compression for long contexts.
 
 1. **Coarse, question-aware ranking** of the context's pieces (documents; documents longer than
-   ``2 * chunk_tokens`` are cut into chunks of whole sentences so that one long document can be ranked too).
+   ``2 * chunk_tokens`` are cut into chunks of whole sentences of ``min(chunk_tokens, budget / 2)`` tokens, so
+   that one long document can be ranked too and its best chunk always fits whole).
    ``rank_method``:
 
    * ``"embed"`` (default): cosine similarity of MiniLM sentence embeddings (``rank_model``) of the question and
@@ -178,8 +179,8 @@ class LongLinguaCompressor(BaseCompressor):
             return bm25_scores(pieces, query), None
         suffix = scorer.ids("\n\n" + (query + " " + cfg.restrict).strip())
         scored = scorer.score_ids([t.ids + suffix for t in toks])
-        own = [v[: len(t.ids)] for t, (v, _) in zip(toks, scored, strict=False)]
-        rel = np.array([-_nanmean(v[len(t.ids) :]) for t, (v, _) in zip(toks, scored, strict=False)])
+        own = [v[: len(t.ids)] for t, (v, _) in zip(toks, scored, strict=True)]
+        rel = np.array([-_nanmean(v[len(t.ids) :]) for t, (v, _) in zip(toks, scored, strict=True)])
         return rel, own
 
     # ------------------------------------------------------------------------------------------ selection
@@ -207,21 +208,22 @@ class LongLinguaCompressor(BaseCompressor):
             cond = [v for v, _ in runs[-len(bodies) :]] if bodies else []
             if cfg.condition_compare:
                 plain = [v for v, _ in runs[: len(bodies)]] if need_plain else [own[i] for i in kept]
-                token_scores = [p - c for p, c in zip(plain, cond, strict=False)]
+                token_scores = [p - c for p, c in zip(plain, cond, strict=True)]
             else:
                 token_scores = cond
         else:
             token_scores = [own[i] for i in kept] if own is not None else [v for v, _ in scorer.score_ids(bodies)]
         parts: list[list] = [[] for _ in docs]
-        for i, sc in zip(kept, token_scores, strict=False):
+        for i, sc in zip(kept, token_scores, strict=True):
             parts[segs[i].doc].append((toks[i].starts, toks[i].ends, sc))
-        return [reduce_to_units(u, p, cfg.word_score) for u, p in zip(docs, parts, strict=False)]
+        return [reduce_to_units(u, p, cfg.word_score) for u, p in zip(docs, parts, strict=True)]
 
     def select(self, request: CompressionRequest, docs: list[Units], budget: int, counter: TokenCounter) -> Selection:
         cfg = self.options(request)
         scorer = self._scorer(cfg)
         query = (request.question or request.instruction or "").strip()
-        segs = split_segments(docs, cfg.chunk_tokens)
+        # chunks of at most half the budget, so that the best chunk always fits whole
+        segs = split_segments(docs, cfg.chunk_tokens, max(32, budget // 2))
         toks = encode_segments(scorer, docs, segs)
         pieces = [docs[s.doc].text[s.start : s.end] for s in segs]
         own: list[np.ndarray] | None = None

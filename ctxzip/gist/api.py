@@ -274,7 +274,12 @@ def generate(model: Any, compressed_context: CompressedContext, question: str, *
     """
     torch = require("torch", feature="gist generation")
     gm = gist if gist is not None else load_gist()
-    hf = gm.lm.model if model is None else getattr(model, "model", model)
+    if model is None:
+        hf = gm.lm.model
+    elif hasattr(model, "generate"):  # a Hugging Face model (its own ``.model`` is the body, not a wrapper)
+        hf = model
+    else:  # a LoadedLM
+        hf = getattr(model, "model", model)
     if not hasattr(hf, "generate"):
         raise ConfigError("model must be None, a LoadedLM or a Hugging Face causal LM with .generate()")
     width = hf.get_input_embeddings().weight.shape[1]
