@@ -132,7 +132,11 @@ class TiktokenCounter:
             return []
         enc = self._enc
         if len(texts) > 64:
-            counts = [len(ids) for ids in enc.encode_ordinary_batch(list(texts), num_threads=2)]
+            # selection units repeat heavily (" the", " of", ...): encode each distinct string once
+            uniq = list(dict.fromkeys(texts))
+            lengths = [len(ids) for ids in enc.encode_ordinary_batch(uniq, num_threads=2)]
+            table = dict(zip(uniq, lengths))
+            counts = [table[t] for t in texts]
         else:
             counts = [len(enc.encode_ordinary(t)) if t else 0 for t in texts]
         if self.factor != 1.0:
