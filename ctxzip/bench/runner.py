@@ -647,12 +647,13 @@ def run_bench(
                 if name == PEER_METHOD:
                     if conf:
                         raise ConfigError(f"{PEER_METHOD} runs with the fixed LongLLMLingua settings; no --config")
-                    need = [row for row in rows if any(r is row for _, r in todo)]
+                    todo_ids = {row.id for _, row in todo}
+                    need = [row for row in rows if row.id in todo_ids]
                     if need:
                         lines = _run_peer(cfg, need, bar)
                         recs = external_records(task, need, lines, cfg.target_model, default_method=PEER_METHOD)
                         by = {(r["id"], r["rate_requested"]): r for r in recs}
-                        pending = []
+                        peer_pending: list[tuple[dict[str, Any], Row, str]] = []
                         for b, row in todo:
                             rec = by.get((row.id, b.rate))
                             if rec is None:
@@ -662,8 +663,8 @@ def run_bench(
                             if _reader_for(row, cfg) is None:
                                 emit(rec)
                             else:
-                                pending.append((rec, row, context))
-                        _read_pending(pending, cfg, get_reader, emit, bar, PEER_METHOD)
+                                peer_pending.append((rec, row, context))
+                        _read_pending(peer_pending, cfg, get_reader, emit, bar, PEER_METHOD)
                     continue
                 if not todo:
                     continue
@@ -727,23 +728,23 @@ def run_bench(
                     keep = {b.rate for b in cfg.budgets}
                     recs = [r for r in recs if r["rate_requested"] in keep]
                 by_id = {r.id: r for r in rows}
-                pending = []
+                ext_pending: list[tuple[dict[str, Any], Row, str]] = []
                 for rec in recs:
                     row = by_id[rec["id"]]
                     context = rec.pop("context")
                     rec["external"] = str(path)
                     rec["seed"] = cfg.seed
-                    spec = _reader_for(row, cfg)
-                    if spec is not None:
-                        rec["reader"] = spec
+                    reader_spec = _reader_for(row, cfg)
+                    if reader_spec is not None:
+                        rec["reader"] = reader_spec
                     prev = done.get(_record_key(rec))
                     if prev is not None:
                         collected.append(prev)
-                    elif spec is None:
+                    elif reader_spec is None:
                         emit(rec)
                     else:
-                        pending.append((rec, row, context))
-                _read_pending(pending, cfg, get_reader, emit, bar, Path(path).name)
+                        ext_pending.append((rec, row, context))
+                _read_pending(ext_pending, cfg, get_reader, emit, bar, Path(path).name)
     finally:
         if out_fh is not None:
             out_fh.close()
