@@ -140,6 +140,8 @@ def test_recover_restores_original_wording():
         ("longlingua", {"reorder": "random"}),
         ("longlingua", {"dynamic_ratio": 2.0}),
         ("longlingua", {"chunk_tokens": -1}),
+        ("longlingua", {"sentence_share": 1.5}),
+        ("longlingua", {"sentence_share": True}),
     ],
 )
 def test_bad_config_says_how_to_fix(name, bad):
@@ -218,6 +220,19 @@ def test_longlingua_reorder(tiny, reorder):
             assert order[-1] == res.details["ranking"][1]
     assert res.compressed_tokens == get_counter(req.target_model).count(res.text)
     assert sorted(res.text.split()) == sorted("\n\n".join(t for t in texts if t).split())
+
+
+def test_longlingua_sentence_share_keeps_the_relevant_sentence_whole(tiny):
+    filler = " ".join(f"Filler sentence number {i} talks about weather and trains." for i in range(8))
+    doc = filler + " The secret launch code of the rocket is Zebra Tango Nine. " + filler
+    req = CompressionRequest.create([doc], question="What is the secret launch code of the rocket?", rate=0.3)
+    whole = "The secret launch code of the rocket is Zebra Tango Nine."
+    res = get_compressor("longlingua", model=tiny, rank_method="bm25", sentence_share=0.5).compress(req)
+    _check_result(res, req, 0.3)
+    assert whole in res.text
+    # sentence_share=0 is the paper's token-level stage alone: the random tiny LM has no reason to keep it whole
+    plain = get_compressor("longlingua", model=tiny, rank_method="bm25", sentence_share=0.0).compress(req)
+    _check_result(plain, req, 0.3)
 
 
 def test_longlingua_without_question_falls_back_to_perplexity(tiny):

@@ -9,7 +9,8 @@ Procedure, per call:
 2. Chunks of every document are batched together (sorted by length) through the classifier; the keep
    probability of a token is ``softmax(logits)[..., 1]``.
 3. A word's probability is the ``mean`` (or ``first``) of its subword probabilities, words being the
-   tokenizer's own word ids (never guessed from the model name).
+   tokenizer's own word ids (never guessed from the model name). On CUDA the ``mean`` is pooled on the device
+   by :func:`ctxzip.kernels.word_topk` (Triton); on CPU by NumPy in float64, as in :func:`merge_words`.
 4. Word probabilities are mapped onto ctxzip's units (words with their leading whitespace) by character
    offsets (:func:`ctxzip.units.reduce_by_units`), so the budget in target-LLM tokens, protected spans and the
    subsequence guarantee come from the core selector, which keeps the most probable units to the budget.
@@ -82,6 +83,70 @@ def merge_words(
         counts = np.diff(np.concatenate((first, [w.size])))
         w_probs = np.add.reduceat(p.astype(np.float64), first) / counts
     return WordProbs(w_starts.astype(np.int64), w_ends.astype(np.int64), w_probs)
+
+
+class _WordPool:
+    """Word sums and subword counts of one document, accumulated chunk by chunk from on-device word means.
+
+    ``ids`` is the document's word id per token, ``-1`` where :func:`merge_words` would skip the token (no word,
+    or an empty character span), so a word's mean covers the same subwords on both paths.
+    """
+
+    def __init__(self, ids: np.ndarray, n_words: int):
+        self.ids = ids
+        self.sums = np.zeros(n_words, dtype=np.float64)
+        self.counts = np.zeros(n_words, dtype=np.float64)
+
+    @classmethod
+    def of(cls, word_ids: np.ndarray, offs: np.ndarray) -> _WordPool:
+        ids = np.where((word_ids >= 0) & (offs[:, 1] > offs[:, 0]), word_ids, -1)
+        return cls(ids, int(ids.max()) + 1 if ids.size else 0)
+
+    def words(self, word_ids: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> WordProbs:
+        """The :class:`WordProbs` of :func:`merge_words` (``how="mean"``), with the pooled means."""
+        ok = self.ids >= 0
+        w, s, e = word_ids[ok], starts[ok], ends[ok]
+        if w.size == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return WordProbs(empty, empty.copy(), np.zeros(0, dtype=np.float64))
+        first = np.flatnonzero(np.concatenate(([True], w[1:] != w[:-1])))
+        wid = w[first]
+        return WordProbs(
+            np.minimum.reduceat(s, first).astype(np.int64),
+            np.maximum.reduceat(e, first).astype(np.int64),
+            self.sums[wid] / np.maximum(self.counts[wid], 1.0),
+        )
+
+
+def _pool_batch(keep: Any, batch: list[tuple[int, int, int]], width: int, pooled: list[_WordPool]) -> None:
+    """Per-word means of one batch's keep probabilities ``[B, width]`` with :func:`ctxzip.kernels.word_topk`.
+
+    Row ``r`` holds ``[CLS] + tokens a..b + [SEP] + padding`` of document ``d``; its subwords get word indices
+    local to the chunk (``-1`` for special tokens, padding and skipped tokens). The kernel's word means (only
+    ``keep=0``: ctxzip selects units to a token budget, not words to a count) are turned back into sums with the
+    subword counts, so a word cut by a chunk boundary gets the mean over all its subwords.
+    """
+    from .._lazy import require
+    from ..kernels.word_topk import word_topk
+
+    torch = require("torch", feature="lingua2")
+    local = np.full((len(batch), width), -1, dtype=np.int64)
+    bases = []
+    for r, (d, a, b) in enumerate(batch):
+        ids = pooled[d].ids[a:b]
+        valid = ids >= 0
+        base = int(ids[valid].min()) if valid.any() else 0
+        local[r, 1 : b - a + 1] = np.where(valid, ids - base, -1)
+        bases.append(base)
+    means, _ = word_topk(keep, torch.from_numpy(local).to(keep.device), keep=0)
+    means = means.cpu().numpy().astype(np.float64)
+    for r, (d, _, _) in enumerate(batch):
+        row = local[r]
+        counts = np.bincount(row[row >= 0], minlength=means.shape[1]).astype(np.float64)
+        present = np.flatnonzero(counts)
+        pool = pooled[d]
+        pool.sums[bases[r] + present] += means[r, present] * counts[present]
+        pool.counts[bases[r] + present] += counts[present]
 
 
 def chunk_bounds(n_tokens: int, is_end: np.ndarray, max_tokens: int) -> list[tuple[int, int]]:
@@ -234,26 +299,43 @@ class Lingua2Compressor(BaseCompressor):
                 is_end |= breaks[np.maximum(nxt, offs[:, 1])] > breaks[offs[:, 1]]
             chunks.extend((d, a, b) for a, b in chunk_bounds(n, is_end, room))
         probs = [np.full(s[1].shape[0], np.nan, dtype=np.float32) for s in seqs]
+        # per-document word sums / subword counts, filled instead of ``probs`` when word_topk pools on the device
+        pooled = [_WordPool.of(wids, offs) for _, _, offs, wids in seqs] if cfg.token_to_word == "mean" else None
         timer["post"] = timer.get("post", 0.0) + time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        self._run(clf, seqs, chunks, probs, cfg.batch_size)
+        on_device = self._run(clf, seqs, chunks, probs, cfg.batch_size, pooled)
         timer["encoder"] = timer.get("encoder", 0.0) + time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        out = [
-            merge_words(wids, offs[:, 0], offs[:, 1], p, cfg.token_to_word)
-            for (_, _, offs, wids), p in zip(seqs, probs, strict=True)
-        ]
+        if on_device and pooled is not None:
+            out = [pool.words(wids, offs[:, 0], offs[:, 1]) for (_, _, offs, wids), pool in zip(seqs, pooled, strict=True)]
+        else:
+            out = [
+                merge_words(wids, offs[:, 0], offs[:, 1], p, cfg.token_to_word)
+                for (_, _, offs, wids), p in zip(seqs, probs, strict=True)
+            ]
         timer["post"] += time.perf_counter() - t0
         return out
 
-    def _run(self, clf: Any, seqs: list, chunks: list[tuple[int, int, int]], probs: list[np.ndarray], bs: int) -> None:
+    def _run(
+        self, clf: Any, seqs: list, chunks: list[tuple[int, int, int]], probs: list[np.ndarray], bs: int,
+        pooled: list[_WordPool] | None = None,
+    ) -> bool:
+        """Classify every chunk; fill ``probs`` (per-token keep probabilities), or ``pooled``.
+
+        With ``pooled`` (``token_to_word="mean"``) and when :func:`ctxzip.kernels.choose_backend` picks Triton
+        for the probabilities' device (CUDA, or ``CTXZIP_KERNELS=triton`` under ``TRITON_INTERPRET=1``), each batch's
+        subword probabilities are averaged per word on the device by :func:`ctxzip.kernels.word_topk` and only the
+        word means reach the host, accumulated into ``pooled``; returns True then. Otherwise (CPU by default) the
+        per-token probabilities go to ``probs`` for :func:`merge_words`, as before the kernel existed.
+        """
         if not chunks:
-            return
+            return False
         from .._lazy import require
 
         torch = require("torch", feature="lingua2")
+        on_device: bool | None = None
         tok = clf.tokenizer
         cls_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         sep_id = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
@@ -275,9 +357,18 @@ class Lingua2Compressor(BaseCompressor):
                     input_ids=torch.from_numpy(ids).to(clf.device),
                     attention_mask=torch.from_numpy(mask).to(clf.device),
                 ).logits
-                keep = torch.softmax(logits.float(), dim=-1)[..., 1].cpu().numpy()
+                keep_t = torch.softmax(logits.float(), dim=-1)[..., 1]
+                if on_device is None:
+                    from ..kernels._dispatch import choose_backend
+
+                    on_device = pooled is not None and choose_backend(keep_t) == "triton"
+                if on_device and pooled is not None:
+                    _pool_batch(keep_t, batch, width, pooled)
+                    continue
+                keep = keep_t.cpu().numpy()
                 for r, (d, a, b) in enumerate(batch):
                     probs[d][a:b] = keep[r, 1 : b - a + 1]
+        return bool(on_device)
 
     # ------------------------------------------------------------------------------------------ units
 

@@ -2,7 +2,8 @@
 
 :class:`CausalLMScorer` runs the transformer *body* (``model.get_decoder()``) to get final hidden states and
 computes each token's NLL with :func:`ctxzip.kernels.fused_nll.fused_nll` (a Triton kernel on CUDA, chunked
-float32 log-sum-exp in PyTorch elsewhere), which is where GPU kernels plug in.
+float32 log-sum-exp in PyTorch elsewhere), which is where GPU kernels plug in. LongLLMLingua's contrastive score
+(:meth:`CausalLMScorer.contrastive_ids`) goes through :func:`ctxzip.kernels.contrastive_nll` on the Triton path.
 
 How a text is scored (:meth:`CausalLMScorer.token_nll`):
 
@@ -40,6 +41,8 @@ __all__ = ["TokenScores", "CausalLMScorer", "PrefixStream"]
 
 # Batches are capped so that B * L**2 stays below this (the attention matrices of a padded batch).
 _ATTN_ELEMS = 1 << 22
+# Body tokens per contrastive_nll launch on the Triton path (bounds the gathered hidden states of both streams).
+_CONTRASTIVE_TOKENS = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ class CausalLMScorer:
         overlap: tokens of context shared by consecutive windows (default: a quarter of the window).
         batch_size: most windows per forward pass.
         start_token: ``"auto"`` (BOS, else EOS), a token id, or ``None`` for no start token.
-        backend: passed to ``fused_nll`` (``"auto"``, ``"torch"``, ``"triton"``; default: ``$CTXZIP_KERNELS``).
+        backend: passed to ``fused_nll`` / ``contrastive_nll`` (``"auto"``, ``"torch"``, ``"triton"``; default:
+            ``$CTXZIP_KERNELS``).
     """
 
     def __init__(
@@ -223,19 +227,29 @@ class CausalLMScorer:
         arrays per body.
         """
         torch = self.torch
+        results: list[tuple[np.ndarray, np.ndarray | None]] = [
+            (
+                np.full(len(body), np.nan, dtype=np.float32),
+                np.full(len(body), np.nan, dtype=np.float32) if return_entropy else None,
+            )
+            for body in bodies
+        ]
+        batches = self._batches(bodies, heads)
+        with torch.inference_mode():
+            for batch in batches:
+                self._run_batch(batch, results, return_entropy)
+        return results
+
+    def _batches(
+        self, bodies: Sequence[Sequence[int]], heads: Sequence[Sequence[int]] | None
+    ) -> list[list[_Window]]:
+        """The windows of every body (``start + head`` pinned in front), longest first, grouped into batches."""
         if heads is not None and len(heads) != len(bodies):
             raise InputError(f"got {len(bodies)} bodies but {len(heads)} heads; pass one head per body (or None)")
         windows: list[_Window] = []
-        results: list[tuple[np.ndarray, np.ndarray | None]] = []
         for i, body in enumerate(bodies):
             body = [int(t) for t in body]
             head = self.start_ids + ([int(t) for t in heads[i]] if heads is not None else [])
-            results.append(
-                (
-                    np.full(len(body), np.nan, dtype=np.float32),
-                    np.full(len(body), np.nan, dtype=np.float32) if return_entropy else None,
-                )
-            )
             if body:
                 windows.extend(self._windows(i, head, body))
         windows.sort(key=lambda win: -len(win.ids))
@@ -247,14 +261,31 @@ class CausalLMScorer:
                 cur.append(win)
             else:
                 batches.append([win])
-        with torch.inference_mode():
-            for batch in batches:
-                self._run_batch(batch, results, return_entropy)
-        return results
+        return batches
 
     def _run_batch(
         self, batch: list[_Window], results: list[tuple[np.ndarray, np.ndarray | None]], entropy: bool
     ) -> None:
+        fwd = self._forward(batch)
+        if fwd is None:
+            return
+        hidden, targets, items, pos = fwd
+        nll, ent = self.head_nll(hidden, targets, entropy=entropy)
+        nll_np = nll.float().cpu().numpy()
+        ent_np = ent.float().cpu().numpy() if ent is not None else None
+        for item in np.unique(items):
+            sel = items == item
+            results[item][0][pos[sel]] = nll_np[sel]
+            if ent_np is not None:
+                results[item][1][pos[sel]] = ent_np[sel]
+
+    def _forward(self, batch: list[_Window]) -> tuple[Any, Any, np.ndarray, np.ndarray] | None:
+        """Run one batch of windows through the decoder body.
+
+        Returns the final hidden states that predict each scored body token ``[N, H]``, those tokens' ids ``[N]``
+        (both on the model's device), and for each row the body it belongs to and its index in that body; ``None``
+        when the batch scores nothing.
+        """
         torch = self.torch
         length = len(batch[0].ids)
         ids = torch.full((len(batch), length), self.pad_id, dtype=torch.long)
@@ -271,7 +302,7 @@ class CausalLMScorer:
                     targets.append(win.ids[pos + 1])
                     where.append((win.item, j))
         if not rows:
-            return
+            return None
         uniform = bool(mask.all())
         out = self.decoder(
             input_ids=ids.to(self.device),
@@ -280,16 +311,78 @@ class CausalLMScorer:
         )
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
         hidden = hidden.reshape(-1, hidden.shape[-1])[torch.tensor(rows, device=hidden.device)]
-        nll, ent = self.head_nll(hidden, torch.tensor(targets, device=hidden.device), entropy=entropy)
-        nll_np = nll.float().cpu().numpy()
-        ent_np = ent.float().cpu().numpy() if ent is not None else None
         items = np.fromiter((w[0] for w in where), dtype=np.int64, count=len(where))
         pos = np.fromiter((w[1] for w in where), dtype=np.int64, count=len(where))
-        for item in np.unique(items):
-            sel = items == item
-            results[item][0][pos[sel]] = nll_np[sel]
-            if ent_np is not None:
-                results[item][1][pos[sel]] = ent_np[sel]
+        return hidden, torch.tensor(targets, device=hidden.device), items, pos
+
+    def contrastive_ids(self, bodies: Sequence[Sequence[int]], head: Sequence[int]) -> list[np.ndarray]:
+        """LongLLMLingua's contrastive score of every token of each body, float32 arrays.
+
+        ``score[i] = NLL(body[i] | start + body[:i]) - NLL(body[i] | start + head + body[:i])`` (``nan`` where
+        either stream has no prediction). Where :func:`ctxzip.kernels.choose_backend` picks the PyTorch reference
+        for the LM head (CPU by default), this is :meth:`score_ids` of both streams in one batched call and a
+        NumPy difference, exactly as before the kernel existed. Where it picks Triton (CUDA, or
+        ``CTXZIP_KERNELS=triton`` under ``TRITON_INTERPRET=1``), the final hidden states of both streams are
+        gathered per token and :func:`ctxzip.kernels.contrastive_nll` computes the difference in one launch that
+        reads each weight tile once for both. Soft-capped heads always take the first path.
+        """
+        from ..kernels._dispatch import choose_backend
+
+        n = len(bodies)
+        if self.softcap or choose_backend(self.weight, self.bias, backend=self.backend) == "torch":
+            runs = self.score_ids(list(bodies) * 2, [[]] * n + [list(head)] * n)
+            return [p - c for (p, _), (c, _) in zip(runs[:n], runs[n:], strict=True)]
+        out: list[np.ndarray] = []
+        group: list[int] = []
+        size = 0
+        for i, body in enumerate(bodies):
+            group.append(i)
+            size += len(body)
+            if size >= _CONTRASTIVE_TOKENS or i == n - 1:
+                out.extend(self._contrastive_group([bodies[k] for k in group], list(head)))
+                group, size = [], 0
+        return out
+
+    def _contrastive_group(self, bodies: list[Sequence[int]], head: list[int]) -> list[np.ndarray]:
+        """:meth:`contrastive_ids` of a few bodies through :func:`ctxzip.kernels.contrastive_nll`."""
+        torch = self.torch
+        from ..kernels.contrastive import contrastive_nll
+        from ..kernels.fused_nll import IGNORE_INDEX
+
+        n = len(bodies)
+        heads = [[]] * n + [head] * n
+        lengths = [len(b) for b in bodies]
+        offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+        total = int(offsets[-1])
+        with torch.inference_mode():
+            streams: list[Any] = [None, None]
+            seen = [np.zeros(total, dtype=bool), np.zeros(total, dtype=bool)]
+            for batch in self._batches(list(bodies) * 2, heads):
+                fwd = self._forward(batch)
+                if fwd is None:
+                    continue
+                hidden, _, items, pos = fwd
+                for s in (0, 1):
+                    sel = (items >= n) if s else (items < n)
+                    if not sel.any():
+                        continue
+                    flat = offsets[items[sel] - s * n] + pos[sel]
+                    if streams[s] is None:
+                        streams[s] = torch.zeros((total, hidden.shape[-1]), dtype=hidden.dtype, device=hidden.device)
+                    dest = torch.as_tensor(flat, device=hidden.device)
+                    streams[s][dest] = hidden[torch.as_tensor(np.flatnonzero(sel), device=hidden.device)]
+                    seen[s][flat] = True
+            both = seen[0] & seen[1]
+            scores = np.full(total, np.nan, dtype=np.float32)
+            if both.any():
+                ids = np.concatenate([np.asarray(b, dtype=np.int64) for b in bodies])
+                targets = torch.as_tensor(np.where(both, ids, IGNORE_INDEX), device=self.device)
+                plain, cond = streams
+                if self.hidden_scale != 1.0:
+                    plain, cond = plain * self.hidden_scale, cond * self.hidden_scale
+                diff = contrastive_nll(plain, cond, self.weight, targets, bias=self.bias, backend=self.backend)
+                scores[both] = diff.float().cpu().numpy()[both]
+        return [scores[offsets[k] : offsets[k + 1]].copy() for k in range(n)]
 
     # ------------------------------------------------------------------------------------------ texts
 
