@@ -2,9 +2,18 @@
 
 Data distillation in three steps:
 
-1. **Passages** from developer-visible text only (``--data``, default ``../shared/data``): NQ gold passages,
-   SQuAD paragraphs, QMSum meeting turns and the Paul Graham essays, cut into pieces of at most ``--max-words``
-   words. The benchmark task files (``bench/*.jsonl.gz``) are never read.
+1. **Passages**, cut into pieces of at most ``--max-words`` words, from one of two corpora (``--corpus``):
+
+   * ``local`` (the default): offline English prose already on the machine, none of it evaluation data
+     (:func:`load_local_corpus`): the long descriptions in installed packages' ``METADATA`` files and their
+     shipped README/docs files (Markdown and reStructuredText markup, code blocks and tables removed), the
+     Python language reference topics of ``pydoc_data`` and the docstrings of the standard library; plus
+     ``turns``: a share of those prose passages laid out as a conversation (one to three sentences a line, each
+     line opened by a speaker name), so that the student also sees chat and meeting layout.
+   * ``shared``: developer-visible text under ``--data`` (default ``../shared/data``, :func:`load_corpus`): NQ
+     gold passages, SQuAD paragraphs, QMSum meeting turns and the Paul Graham essays. The benchmark task files
+     (``bench/*.jsonl.gz``) are never read, but NQ and QMSum are the raw sources the ``nq20`` and ``qmsum``
+     benchmark rows are built from, so a student meant for those benchmarks should be trained on ``local``.
 2. **Word labels** (words are ctxzip's selection units) from a teacher:
 
    * ``--teacher MODEL`` (default ``smollm2-135m``): question-agnostic informativeness from a causal LM through
@@ -47,6 +56,7 @@ __all__ = [
     "Labeled",
     "DistillConfig",
     "load_corpus",
+    "load_local_corpus",
     "word_spans",
     "lm_teacher_labels",
     "align_pair",
@@ -193,6 +203,195 @@ def load_corpus(data_dir: str | Path = DEFAULT_DATA, *, limit: int = 400, max_wo
                 if len(p.text.split()) >= 8:
                     out.append(p)
         i += 1
+    return out
+
+
+_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_RST_LINK = re.compile(r"`([^`<]+?)\s*<[^>]+>`_+")
+_RST_ROLE = re.compile(r":[\w:.-]+:`([^`]+)`")
+_INLINE = re.compile(r"`{1,2}([^`]+)`{1,2}_*")
+_EMPH = re.compile(r"(\*\*|__|\*)(?=\S)(.+?)(?<=\S)\1")
+_HTML = re.compile(r"<[^>]+>")
+_URL = re.compile(r"https?://\S+")
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
+#: speaker names of the ``turns`` passages (conversation layout over prose sentences)
+SPEAKERS = ("Alice", "Bob", "Carol", "David", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy")
+
+
+def _unmark(line: str) -> str:
+    """Markdown / reStructuredText inline markup to plain words."""
+    line = _MD_LINK.sub(r"\1", line)
+    line = _RST_LINK.sub(r"\1", line)
+    line = _RST_ROLE.sub(r"\1", line)
+    line = _INLINE.sub(r"\1", line)
+    line = _EMPH.sub(r"\2", line)
+    line = _HTML.sub(" ", line)
+    line = _URL.sub(" ", line)
+    return " ".join(line.split())
+
+
+def prose_paragraphs(text: str, *, min_words: int = 12) -> list[str]:
+    """The prose paragraphs of a README, a docstring or a reference page, unwrapped onto one line each.
+
+    Code (fenced or indented blocks, doctest and shell lines), tables, headings, lists of links, HTML and
+    directives are dropped; a paragraph is kept when it has ``min_words`` words, most of them alphabetic, and
+    reads like sentences (ends with sentence punctuation).
+    """
+    out: list[str] = []
+    fence = False
+    para: list[str] = []
+
+    def flush() -> None:
+        if para:
+            joined = _unmark(" ".join(para))
+            words = joined.split()
+            alpha = sum(1 for w in words if re.fullmatch(r"[A-Za-z][A-Za-z'’-]*[.,;:!?)]*", w.strip("(\"'")))
+            if (len(words) >= min_words and alpha >= 0.75 * len(words) and joined[-1:] in ".!?:"
+                    and not re.search(r"[{}=<>|\\]{1}.*[{}=<>|\\]", joined)):
+                out.append(joined)
+            para.clear()
+
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        stripped = line.strip()
+        if stripped.startswith(("```", "~~~")):
+            fence = not fence
+            flush()
+            continue
+        if fence:
+            continue
+        if not stripped:
+            flush()
+            continue
+        indented = len(line) - len(line.lstrip()) >= 4 or line.startswith("\t")
+        codeish = stripped.startswith((">>>", "...", "$ ", "|", "+-", "..", "#", "=", "-", "*", "<", "[!", ":", "%"))
+        underline = bool(re.fullmatch(r"[=\-~^*#+`'\"]{3,}", stripped))
+        if indented or codeish or underline:
+            flush()
+            continue
+        para.append(stripped)
+    flush()
+    return out
+
+
+def _metadata_texts(site: Path) -> Iterable[tuple[str, str]]:
+    import email
+
+    for meta in sorted(site.glob("*.dist-info/METADATA")):
+        msg = email.message_from_string(meta.read_text(encoding="utf-8", errors="replace"))
+        body = msg.get_payload()
+        if not isinstance(body, str) or not body.strip():
+            body = msg.get("Description") or ""
+        if body.strip():
+            yield meta.parent.name, body
+
+
+def _doc_file_texts(site: Path) -> Iterable[tuple[str, str]]:
+    skip = re.compile(r"licen[cs]e|copying|notice|authors|changelog|changes|history|third.?party|template", re.I)
+    for pattern in ("*.md", "*.rst", "README*", "*.txt"):
+        for path in sorted(site.rglob(pattern)):
+            rel = str(path.relative_to(site))
+            if ".dist-info" in rel or skip.search(rel) or not path.is_file() or path.stat().st_size > 400_000:
+                continue
+            if pattern == "*.txt" and not re.search(r"readme|descr|doc", rel, re.I):
+                continue
+            yield rel, path.read_text(encoding="utf-8", errors="replace")
+
+
+def _pydoc_texts() -> Iterable[tuple[str, str]]:
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:  # some distributions strip pydoc_data
+        return
+    for name in sorted(topics):
+        yield name, topics[name]
+
+
+def _stdlib_docstrings(stdlib: Path, limit_files: int = 2000) -> Iterable[tuple[str, str]]:
+    import ast
+
+    skip = re.compile(r"(^|/)(test|tests|idlelib|lib2to3|site-packages|tkinter|turtledemo|ensurepip)(/|$)")
+    for k, path in enumerate(sorted(stdlib.rglob("*.py"))):
+        if k >= limit_files:
+            break
+        rel = str(path.relative_to(stdlib))
+        if skip.search(rel):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except (SyntaxError, ValueError):
+            continue
+        docs = []
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc.split()) >= 30:
+                    docs.append(doc)
+        if docs:
+            yield rel, "\n\n".join(docs)
+
+
+def as_turns(text: str, rng: random.Random) -> str:
+    """Lay prose out as a conversation: one to three sentences a line, each line opened by a speaker name."""
+    sentences = [s for s in _SENT_SPLIT.split(text) if s.strip()]
+    people = rng.sample(SPEAKERS, k=rng.choice((2, 2, 3, 4)))
+    lines, i, last = [], 0, None
+    while i < len(sentences):
+        take = rng.choice((1, 1, 2, 3))
+        who = rng.choice([p for p in people if p != last] or people)
+        lines.append(f"{who}: {' '.join(sentences[i : i + take])}")
+        i += take
+        last = who
+    return "\n".join(lines)
+
+
+def load_local_corpus(*, limit: int = 400, max_words: int = 160, seed: int = 0, turns_share: float = 0.25,
+                      site_packages: str | Path | None = None, stdlib: str | Path | None = None) -> list[Passage]:
+    """Offline English prose from this machine (no evaluation data), mixed evenly over the sources
+    ``packages`` (METADATA long descriptions), ``docs`` (README/docs files shipped in site-packages),
+    ``pydoc`` (the language reference topics) and ``stdlib`` (standard-library docstrings); ``turns_share`` of
+    the passages are then laid out as conversations (:func:`as_turns`, source ``turns``)."""
+    import sysconfig
+
+    if not 0.0 <= turns_share < 1.0:
+        raise ConfigError(f"turns share must be in [0, 1), got {turns_share}")
+    site = Path(site_packages) if site_packages is not None else Path(sysconfig.get_paths()["purelib"])
+    lib = Path(stdlib) if stdlib is not None else Path(sysconfig.get_paths()["stdlib"])
+    sources: dict[str, Iterable[tuple[str, str]]] = {
+        "packages": _metadata_texts(site) if site.is_dir() else (),
+        "docs": _doc_file_texts(site) if site.is_dir() else (),
+        "pydoc": _pydoc_texts(),
+        "stdlib": _stdlib_docstrings(lib) if lib.is_dir() else (),
+    }
+    by_source: dict[str, list[Passage]] = {}
+    seen: set[str] = set()
+    for name, texts in sources.items():
+        for _, text in texts:
+            paras = [p for p in prose_paragraphs(text) if p not in seen]
+            seen.update(paras)
+            if not paras:
+                continue
+            joined = "\n".join(paras)
+            for a, b in _pieces(joined, max_words):
+                piece = joined[a:b]
+                if len(piece.split()) >= 20:
+                    by_source.setdefault(name, []).append(Passage(piece, name))
+    if not by_source:
+        raise InputError("no prose found in site-packages, pydoc_data or the standard library")
+    rng = random.Random(seed)
+    for items in by_source.values():
+        rng.shuffle(items)
+    out: list[Passage] = []
+    names = sorted(by_source)
+    i = 0
+    while len(out) < limit and any(i < len(by_source[n]) for n in names):
+        for n in names:
+            if i < len(by_source[n]) and len(out) < limit:
+                out.append(by_source[n][i])
+        i += 1
+    n_turns = int(round(turns_share * len(out)))
+    for k in rng.sample(range(len(out)), n_turns):
+        out[k] = Passage(as_turns(out[k].text.replace("\n", " "), rng), "turns")
     return out
 
 
@@ -566,7 +765,14 @@ def add_parser(sub: Any) -> None:
         description="Label developer-visible passages with a teacher (a causal LM's surprisal, or aligned "
         "(original, compressed) pairs) and train a MiniLM student for the lingua2 compressor.",
     )
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="shared data folder (nq/, squad/, qmsum/, needle/)")
+    p.add_argument("--corpus", choices=["local", "shared"], default="local",
+                   help="passages: 'local' (default): offline prose of installed packages' docs, pydoc_data and "
+                   "stdlib docstrings, part laid out as conversations; 'shared': the --data folder (holds the "
+                   "raw sources of benchmark rows)")
+    p.add_argument("--turns-share", type=float, default=0.25,
+                   help="share of local passages laid out as conversations (default 0.25)")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="shared data folder (nq/, squad/, qmsum/, needle/) "
+                   "for --corpus shared")
     p.add_argument("--passages", type=int, default=400, help="passages to label (default 400)")
     p.add_argument("--max-words", type=int, default=160, help="words per passage (default 160)")
     p.add_argument("--teacher", default="smollm2-135m", help="causal LM teacher (default smollm2-135m)")
@@ -611,13 +817,17 @@ def run(args: argparse.Namespace) -> int:
         items, stats = pair_labels(args.pairs, limit=args.passages)
         report["teacher"] = {"pairs": args.pairs, **stats}
     else:
-        passages = load_corpus(args.data, limit=args.passages, max_words=args.max_words, seed=args.seed)
+        if args.corpus == "local":
+            passages = load_local_corpus(limit=args.passages, max_words=args.max_words, seed=args.seed,
+                                         turns_share=args.turns_share)
+        else:
+            passages = load_corpus(args.data, limit=args.passages, max_words=args.max_words, seed=args.seed)
         say(f"labelling {len(passages)} passages with {args.teacher} (keep rate {args.keep_rate})")
         t0 = time.perf_counter()
         items = lm_teacher_labels(passages, model=args.teacher, keep_rate=args.keep_rate,
                                   answers=not args.no_answers, progress=not args.json)
         report["teacher"] = {"model": args.teacher, "keep_rate": args.keep_rate, "answers": not args.no_answers,
-                             "seconds": round(time.perf_counter() - t0, 1)}
+                             "corpus": args.corpus, "seconds": round(time.perf_counter() - t0, 1)}
     if not items:
         raise CtxzipError("no labelled passages to train on")
     if args.save_labels:

@@ -15,6 +15,15 @@ message, or the ``keep_recent`` most recent messages; it compresses the text of 
 ``"auto"`` by default, so a JSON tool result keeps valid JSON, code goes to ``codezip``, prose to ``lingua2``...),
 with the last user message as the question when ``question_aware``.
 
+**Relevant turns survive.** With a question, ``auto`` sends prose messages to :data:`MESSAGE_ROUTES`
+(``prose_question``: ``embed-rank`` at sentence granularity) instead of the documents' default pipeline
+(``embed-rank`` → ``lingua2``): all older messages' sentences are ranked together by MiniLM similarity to the
+question and kept whole from the top, so the turns that answer it stay readable and unrelated turns go first,
+rather than every surviving turn losing words to a question-blind pruner (locomo figures in
+``docs/benchmarks/pipelines.md``). ``config={"routes": {"prose_question": [...]}}`` chooses another route.
+Without a question, prose goes to ``lingua2``. The MiniLM embeddings of messages are remembered (see :mod:`ctxzip.compressors.embed_rank`), so a
+history sent again encodes only its new messages.
+
 **Budget.** ``rate``/``target_tokens`` apply to the whole list: the budget counts the tokens of every text part
 of every message (role names and the provider's per-message framing are not counted). The untouched messages
 are subtracted first; the compressible parts share the rest. If the untouched messages alone exceed the budget,
@@ -52,14 +61,32 @@ from typing import Any, Protocol, runtime_checkable
 
 from .errors import BudgetError, ConfigError, InputError
 from .protect import ProtectionRules
+from .select import DOC_SEPARATOR
 from .tokens import get_counter
-from .types import CompressionRequest, Document
+from .types import CompressionRequest, Document, ReadOnlyMappingsPickle
 
 __all__ = ["compress_messages", "MessagePolicy", "MessageStats", "MessagesResult", "PrefixMemo"]
 
 SYSTEM_ROLES = frozenset({"system", "developer"})
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
+
+#: Routes ``compress_messages`` gives ``method="auto"`` unless ``config["routes"]`` names its own: prose messages
+#: with a question keep whole sentences ranked by MiniLM similarity to the question across all older messages.
+MESSAGE_ROUTES: Mapping[str, tuple[Any, ...]] = MappingProxyType({
+    "prose_question": ({"method": "embed-rank", "config": {"granularity": "sentence"}}, "truncate"),
+})
+
+
+def _route_config(method: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The compressor config of a call: for ``auto``, :data:`MESSAGE_ROUTES` under the caller's own routes."""
+    out = dict(config or {})
+    routes = out.get("routes")
+    if method == "auto" and (routes is None or isinstance(routes, Mapping)):
+        merged = {k: [copy.deepcopy(c) for c in v] for k, v in MESSAGE_ROUTES.items()}
+        merged.update(routes or {})
+        out["routes"] = merged
+    return out
 
 
 @dataclass(frozen=True)
@@ -137,7 +164,7 @@ def _empty_map() -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True)
-class MessagesResult:
+class MessagesResult(ReadOnlyMappingsPickle):
     """New messages (fresh dicts, ready to send) plus per-message statistics and totals."""
 
     messages: tuple[dict[str, Any], ...]
@@ -451,12 +478,19 @@ def compress_messages(
         if fresh:
             fresh_budget = room - sum(rem_tokens[:j])
             fresh_tok = sum(cand_tokens[j:])
-            target = max(1, fresh_budget - marker_cost * len(fresh))
-            if target < fresh_tok:
+            # the compressor measures its documents joined with separators, the messages count each part alone,
+            # so its target adds the separators' tokens. A separator costs a token after a word and none after
+            # punctuation it merges with; the originals give the cost when every part keeps its end, a token per
+            # separator is the cost when none does, and the estimate is halfway. One call is then usually enough
+            # (the correction round of _compress_parts is the exception, and costs a second compressor call).
+            joined = counter.count(DOC_SEPARATOR.join(p.text for p in fresh))
+            sep_tokens = round((max(0, joined - fresh_tok) + len(fresh) - 1) / 2)
+            target = max(1, fresh_budget - marker_cost * len(fresh) + sep_tokens)
+            if target < fresh_tok + sep_tokens:
                 from .api import _resolve_method, shared_compressor
 
                 fresh_method = _resolve_method(method)
-                comp = shared_compressor(fresh_method, **(config or {}))
+                comp = shared_compressor(fresh_method, **_route_config(fresh_method, config))
                 question = None
                 if pol.question_aware and last_user >= 0:
                     question = " ".join(p.text for p in parts_by_msg[last_user]) or None
@@ -470,7 +504,9 @@ def compress_messages(
                     protect=probe.protect,
                     options={k: v for k, v in options.items() if k not in ("reversible", "namespace")},
                 )
-                res = _compress_parts(comp, req, fresh, fresh_budget, counter, reversible, namespace, store)
+                res = _compress_parts(
+                    comp, req, fresh, fresh_budget, counter, reversible, namespace, store, tolerance=0.02 * budget
+                )
                 if reversible:
                     for item in res.details.get("reversible", []):
                         hashes.setdefault(fresh[item["doc"]].msg, []).append(item["hash"])
@@ -552,12 +588,13 @@ def compress_messages(
 
 def _compress_parts(
     comp: Any, req: CompressionRequest, fresh: list[_Part], fresh_budget: int, counter: Any, reversible: bool,
-    namespace: str, store: Any,
+    namespace: str, store: Any, tolerance: float,
 ) -> Any:
     """Compress the fresh parts so that the *sum of their own tokens* (markers included) meets ``fresh_budget``.
 
-    The compressor measures its documents joined with separators (dropped documents add none), so one correction
-    round moves its target by the measured difference when that is over 2%."""
+    The compressor measures its documents joined with separators; ``req``'s target adds an estimate of them.
+    One correction round moves the target by the measured difference when that is over ``tolerance`` tokens
+    (2% of the whole list's budget)."""
     res = None
     for _ in range(2):
         res = comp.compress(req)
@@ -567,7 +604,7 @@ def _compress_parts(
             res = apply_markers(res, [p.text for p in fresh], namespace=namespace, store=store)
         got = sum(counter.count_batch([d.text for d in res.documents]))
         diff = got - fresh_budget
-        if abs(diff) <= 0.02 * max(1, fresh_budget) or req.target_tokens is None:
+        if abs(diff) <= max(1.0, tolerance) or req.target_tokens is None:
             break
         req = dataclasses.replace(req, target_tokens=max(1, req.target_tokens - diff))
     return res

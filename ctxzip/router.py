@@ -392,13 +392,15 @@ class Router:
         """Per document: content type, detection reason, route and method label."""
         has_q = bool(request.question)
         out = []
+        labels: dict[str, str] = {}  # one resolution per route (it checks which compressors are installed)
         for d in request.documents:
             ctype, reason = detect(d.text)
             if ctype == "json" and not request.protect.json:
                 ctype, reason = "prose", "JSON protection is off"
             route = ctype if ctype in ("code", "json", "logs") else ("prose_question" if has_q else "prose")
-            label, _ = self.resolve(route)
-            out.append({"type": ctype, "reason": reason, "route": route, "method": label})
+            if route not in labels:
+                labels[route] = self.resolve(route)[0]
+            out.append({"type": ctype, "reason": reason, "route": route, "method": labels[route]})
         return out
 
     # -------------------------------------------------------------- compression

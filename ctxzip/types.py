@@ -23,6 +23,26 @@ def _empty() -> Mapping[str, Any]:
     return MappingProxyType({})
 
 
+class ReadOnlyMappingsPickle:
+    """Pickle support for frozen dataclasses holding read-only mappings.
+
+    ``MappingProxyType`` cannot be pickled, so results could not cross a process boundary (the sidecar's
+    compression workers). The state pickles those fields as dicts and wraps them again on load.
+    """
+
+    def __getstate__(self) -> tuple[dict[str, Any], tuple[str, ...]]:
+        state = dict(self.__dict__)
+        proxied = tuple(k for k, v in state.items() if isinstance(v, MappingProxyType))
+        for k in proxied:
+            state[k] = dict(state[k])
+        return state, proxied
+
+    def __setstate__(self, state: tuple[dict[str, Any], tuple[str, ...]]) -> None:
+        values, proxied = state
+        for k, v in values.items():
+            object.__setattr__(self, k, MappingProxyType(v) if k in proxied else v)
+
+
 def _check_text(value: Any, what: str) -> str:
     if isinstance(value, (bytes, bytearray, memoryview)):
         try:
@@ -48,7 +68,7 @@ def _check_text(value: Any, what: str) -> str:
 
 
 @dataclass(frozen=True)
-class Document:
+class Document(ReadOnlyMappingsPickle):
     """One document of the context. ``metadata`` survives compression untouched."""
 
     text: str
@@ -90,7 +110,7 @@ class Span:
 
 
 @dataclass(frozen=True)
-class DocumentResult:
+class DocumentResult(ReadOnlyMappingsPickle):
     index: int
     text: str
     title: str | None
@@ -133,7 +153,7 @@ def _check_target(target: Any) -> int | None:
 
 
 @dataclass(frozen=True)
-class CompressionRequest:
+class CompressionRequest(ReadOnlyMappingsPickle):
     """Everything a compressor needs. Build it with :meth:`create`, which validates the input."""
 
     documents: tuple[Document, ...]
@@ -216,7 +236,7 @@ class CompressionRequest:
 
 
 @dataclass(frozen=True)
-class CompressionResult:
+class CompressionResult(ReadOnlyMappingsPickle):
     """The outcome of one compression. All figures are numbers; ``text`` is what to send to the LLM."""
 
     text: str

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from ctxzip._lazy import require
@@ -24,16 +21,18 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse  # noqa:
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator  # noqa: E402
 
 import ctxzip  # noqa: E402
+from ctxzip import errors as errors_mod  # noqa: E402
 from ctxzip.errors import (  # noqa: E402
-    ConfigError,
     CtxzipError,
     InputError,
     RetrievalError,
     UnknownNameError,
 )
 
+from . import worker  # noqa: E402
 from .config import ServiceConfig  # noqa: E402
 from .metrics import Metrics  # noqa: E402
+from .pool import BrokenProcessPool, CompressPool  # noqa: E402
 
 __all__ = ["create_app", "app_factory"]
 
@@ -164,115 +163,87 @@ class ErrorBody(BaseModel):
 
 
 # ------------------------------------------------------------------ state
+class CompressionFailed(CtxzipError):
+    """A compressor raised an unexpected error (the server answers 500, or the proxy fails open/closed)."""
+
+
+def _remote_error(err: dict[str, Any]) -> Exception:
+    """The exception a worker's error envelope stands for (ctxzip's own classes keep their HTTP mapping)."""
+    name, message = str(err.get("class", "")), str(err.get("message", ""))
+    if name == "UnknownNameError":
+        return UnknownNameError(str(err.get("kind", "name")), str(err.get("name", "")), err.get("valid") or ())
+    cls = getattr(errors_mod, name, None) if name in errors_mod.__all__ else None
+    if cls is not None and not err.get("internal"):
+        return cls(message)
+    return CompressionFailed(f"{name}: {message}")
+
+
 class _State:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.workers, thread_name_prefix="ctxzip-compress"
-        )
+        self.pool = CompressPool(config)
+        self.metrics.worker_cache = self.pool.worker_cache_counters
         self.inflight = 0
-        self.ready = threading.Event()
-        self.ready_error: str | None = None
         self.client: httpx.AsyncClient | None = None
-        self.ledger: Any = None
+        self._store: Any = None
 
-    def preload(self) -> None:
-        try:
-            from ctxzip.api import shared_compressor
+    @property
+    def ready(self) -> Any:
+        return self.pool.ready
 
-            for name in self.config.preload:
-                shared_compressor(name).load()
-            self.ready.set()
-        except Exception as exc:  # noqa: BLE001 - reported by /readyz
-            self.ready_error = f"{type(exc).__name__}: {exc}"
-            log.error("preloading models failed: %s", self.ready_error)
+    @property
+    def ready_error(self) -> str | None:
+        return self.pool.ready_error
 
-    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn`` in the bounded pool with the per-request timeout; 429 beyond the queue bound."""
+    async def run(self, task: str, **kwargs: Any) -> dict[str, Any]:
+        """Run a :mod:`~ctxzip.service.worker` task in the bounded pool with the per-request timeout.
+
+        429 beyond the queue bound, 504 past ``request_timeout_s``, 503 when a worker process died. Records the
+        compression metrics from the task's figures and returns its outcome (``body``, ``method``, ...).
+        """
         cfg = self.config
-        if self.inflight >= cfg.workers + cfg.max_queue:
+        if self.inflight >= self.pool.concurrency + cfg.max_queue:
             self.metrics.rejected.inc()
             raise HTTPException(429, "compression queue is full; retry shortly", headers={"Retry-After": "1"})
         self.inflight += 1
         self.metrics.queue.set(self.inflight)
-        fut = self.executor.submit(lambda: fn(*args, **kwargs))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout=cfg.request_timeout_s)
+            fut = self.pool.submit(worker.call, task, kwargs)
+            out = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=cfg.request_timeout_s)
         except asyncio.TimeoutError:
             fut.cancel()
             raise HTTPException(504, f"compression took longer than {cfg.request_timeout_s:g}s") from None
+        except BrokenProcessPool:
+            raise HTTPException(503, "a compression worker stopped; retry shortly", headers={"Retry-After": "1"}) \
+                from None
         finally:
             self.inflight -= 1
             self.metrics.queue.set(self.inflight)
+        if "error" in out:
+            err = out["error"]
+            if err.get("traceback"):
+                log.error("compression failed in worker:\n%s", err["traceback"])
+            raise _remote_error(err)
+        self.pool.note_worker_cache(int(out.get("pid", 0)), out.get("cache") or {})
+        self.metrics.observe_compression(out["method"], out["before"], out["after"], out["seconds"],
+                                         int(out.get("cache_hits", 0)))
+        return out
 
-    def record(self, *, route: str, app: str | None, model: str, method: str, before: int, after: int,
-               seconds: float, cache_hit: bool = False) -> None:
-        if not self.config.ledger:
-            return
-        try:
-            from ctxzip import ledger as ledger_mod
+    def retrieve(self, hash: str, namespace: str) -> str:
+        """An original by hash, from the store the workers write (blocking: call it in a thread)."""
+        from ctxzip import reversible
 
-            if self.ledger is None:
-                self.ledger = ledger_mod.Ledger(self.config.ledger_path)
-            event = ledger_mod.LedgerEvent(
-                time=datetime.now(timezone.utc), target_model=model, tokens_before=before, tokens_after=after,
-                method=method, seconds=seconds, route=route, app=app, cache_hit=cache_hit,
-            )
-            self.ledger.append(event)
-        except Exception as exc:  # noqa: BLE001 - the ledger never fails a request
-            log.warning("could not write the savings ledger: %s", exc)
+        if self.pool.processes and self.pool.originals_path:
+            if self._store is None:
+                self._store = reversible.SQLiteStore(self.pool.originals_path)
+            return reversible.retrieve(hash, namespace=namespace, store=self._store)
+        return reversible.retrieve(hash, namespace=namespace)
 
 
 # ------------------------------------------------------------------ helpers
 def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message, **extra}}, status_code=status)
-
-
-def _messages_call(
-    messages: list[dict[str, Any]], *, model: str, config: ServiceConfig, overrides: dict[str, Any], namespace: str,
-    token_budget: int | None = None,
-) -> Any:
-    """Compress chat messages with the configured policy (overridable per request)."""
-    over = dict(overrides)
-    rate = over.pop("rate", config.rate)
-    target = over.pop("target_tokens", token_budget if token_budget is not None else config.target_tokens)
-    if token_budget is not None:
-        target, rate = token_budget, None
-    elif target is not None:
-        rate = None
-    policy = {**config.policy, **over.pop("policy", {})}
-    method = over.pop("method", config.method)
-    reversible = bool(over.pop("reversible", config.reversible))
-    if over:
-        raise ConfigError(
-            f"unknown config key(s) {sorted(over)}; valid: rate, target_tokens, policy, method, reversible"
-        )
-    budget: dict[str, Any] = {"target_tokens": target} if target is not None else {"rate": rate}
-    return ctxzip.compress_messages(
-        messages, model=model, policy=policy or None, method=method, reversible=reversible, namespace=namespace,
-        **budget,
-    )
-
-
-def _summary(out: Any) -> dict[str, Any]:
-    """The gateway response of a :class:`ctxzip.messages.MessagesResult`."""
-    before = int(out.origin_tokens)
-    after = int(out.compressed_tokens)
-    transforms = [
-        f"ctxzip:{s.action}:{'+'.join(s.routes) or out.method}:message[{s.index}]"
-        for s in out.stats
-        if s.action in ("compressed", "reused")
-    ]
-    return {
-        "messages": [dict(m) for m in out.messages],
-        "tokens_before": before,
-        "tokens_after": after,
-        "tokens_saved": before - after,
-        "compression_ratio": (before / after) if after else 0.0,
-        "transforms_applied": transforms,
-        "ccr_hashes": [h for s in out.stats for h in s.hashes],
-    }
 
 
 # ------------------------------------------------------------------ app
@@ -283,15 +254,12 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.client = httpx.AsyncClient(timeout=httpx.Timeout(config.upstream_timeout_s, connect=10.0))
-        if config.preload:
-            threading.Thread(target=state.preload, name="ctxzip-preload", daemon=True).start()
-        else:
-            state.ready.set()
+        state.pool.start()  # worker processes load their models; /readyz is 503 until they report
         try:
             yield
         finally:
             await state.client.aclose()
-            state.executor.shutdown(wait=False, cancel_futures=True)
+            await asyncio.to_thread(state.pool.shutdown)
 
     app = FastAPI(
         title="ctxzip sidecar",
@@ -397,31 +365,20 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         key: str = Depends(api_key),
         x_ctxzip_app: str | None = Header(default=None),
     ) -> Any:
-        started = time.perf_counter()
         if isinstance(body, GatewayCompressRequest):
             msgs = [m.model_dump(exclude_none=True) for m in body.messages]
             out = await state.run(
-                _messages_call, msgs, model=body.model, config=config, overrides=body.config or {},
-                namespace=key, token_budget=body.token_budget,
+                "messages", messages=msgs, model=body.model, config=config, overrides=body.config or {},
+                namespace=key, token_budget=body.token_budget, route="/v1/compress", app=x_ctxzip_app,
             )
-            summary = _summary(out)
-            seconds = time.perf_counter() - started
-            method = str(getattr(out, "method", config.method))
-            state.metrics.observe_compression(method, summary["tokens_before"], summary["tokens_after"], seconds)
-            state.record(route="/v1/compress", app=x_ctxzip_app, model=body.model, method=method,
-                         before=summary["tokens_before"], after=summary["tokens_after"], seconds=seconds)
-            return summary
+            return out["body"]
         context = body.documents if body.documents is not None else body.context
-        result = await state.run(
-            ctxzip.compress, context, question=body.question, instruction=body.instruction, rate=body.rate,
-            target_tokens=body.target_tokens, method=body.method, target_model=body.target_model, **body.options,
+        out = await state.run(
+            "documents", context=context, question=body.question, instruction=body.instruction, rate=body.rate,
+            target_tokens=body.target_tokens, method=body.method, target_model=body.target_model,
+            options=body.options, namespace=key, ledger=(config.ledger, config.ledger_path), app=x_ctxzip_app,
         )
-        state.metrics.observe_compression(result.method, result.origin_tokens, result.compressed_tokens,
-                                          result.seconds, result.cache_hits)
-        state.record(route="/v1/compress", app=x_ctxzip_app, model=body.target_model, method=result.method,
-                     before=result.origin_tokens, after=result.compressed_tokens, seconds=result.seconds,
-                     cache_hit=result.cache_hits > 0)
-        return result.to_dict()
+        return out["body"]
 
     @app.get(
         "/v1/retrieve/{hash}",
@@ -430,9 +387,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         tags=["compression"],
     )
     async def retrieve_endpoint(hash: str, key: str = Depends(api_key)) -> RetrieveResponse:
-        from ctxzip import reversible
-
-        return RetrieveResponse(hash=hash, original=reversible.retrieve(hash, namespace=key))
+        return RetrieveResponse(hash=hash, original=await asyncio.to_thread(state.retrieve, hash, key))
 
     # -------------------------------------------------------------- proxy
     def _upstream(path: str) -> str:
@@ -494,8 +449,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             return await _send(request, "/chat/completions", payload, extra)
         started = time.perf_counter()
         try:
-            out = await state.run(_messages_call, payload["messages"], model=model, config=config, overrides={},
-                                  namespace=key)
+            out = await state.run("messages", messages=payload["messages"], model=model, config=config, overrides={},
+                                  namespace=key, token_budget=None, route="/v1/chat/completions", app=x_ctxzip_app)
         except HTTPException as exc:
             if exc.status_code == 429:
                 raise
@@ -509,12 +464,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
                 return _error(502, "compression_failed", str(failure))
             extra["x-ctxzip-error"] = "compression failed; forwarded uncompressed"
             return await _send(request, "/chat/completions", payload, extra)
-        summary = _summary(out)
+        summary = out["body"]
         seconds = time.perf_counter() - started
-        method = str(getattr(out, "method", config.method))
-        state.metrics.observe_compression(method, summary["tokens_before"], summary["tokens_after"], seconds)
-        state.record(route="/v1/chat/completions", app=x_ctxzip_app, model=model, method=method,
-                     before=summary["tokens_before"], after=summary["tokens_after"], seconds=seconds)
         extra.update({
             "x-ctxzip-tokens-before": str(summary["tokens_before"]),
             "x-ctxzip-tokens-after": str(summary["tokens_after"]),
@@ -542,11 +493,14 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
 def app_factory() -> FastAPI:
     """For ``uvicorn --factory`` and worker processes: config from CTXZIP_SERVICE_CONFIG_JSON or the usual sources.
 
-    Compression runs in worker threads; a short GIL switch interval (1 ms instead of 5 ms) lets the event loop
-    answer /livez and proxy traffic promptly while they work.
+    With ``compress_workers: 0`` compression runs in threads of this process; a short GIL switch interval (1 ms
+    instead of 5 ms) then lets the event loop answer /livez and proxy traffic sooner while they work. Worker
+    processes (the default) need no such tuning: the event loop never waits for compression's GIL.
     """
-    import sys
-
-    sys.setswitchinterval(0.001)
     text = os.environ.get("CTXZIP_SERVICE_CONFIG_JSON")
-    return create_app(ServiceConfig.from_env_json(text) if text else ServiceConfig.load())
+    config = ServiceConfig.from_env_json(text) if text else ServiceConfig.load()
+    if not config.compress_workers:
+        import sys
+
+        sys.setswitchinterval(0.001)
+    return create_app(config)

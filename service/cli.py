@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
+import tempfile
 from typing import Any
 
 
@@ -12,12 +15,17 @@ def add_parser(sub: Any) -> None:
         "serve",
         help="run the HTTP sidecar (compression API + OpenAI-compatible proxy)",
         description="Run the ctxzip sidecar. Settings: defaults < --config FILE < environment "
-        "(CTXZIP_UPSTREAM_URL, CTXZIP_API_KEYS, CTXZIP_FAIL_MODE) < these flags.",
+        "(CTXZIP_UPSTREAM_URL, CTXZIP_API_KEYS, CTXZIP_FAIL_MODE, CTXZIP_COMPRESS_WORKERS) < these flags.",
     )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=None, help="port (default 8787)")
     p.add_argument("--config", default=None, help="YAML or JSON service config file")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    p.add_argument(
+        "--compress-workers", type=int, default=None, metavar="N",
+        help="compression worker processes per server process, each loading the models once (default 1); "
+        "0 compresses in threads of the server process",
+    )
     p.add_argument("--upstream", default=None, help="OpenAI-compatible upstream URL for the proxy")
     p.add_argument("--preload", action="append", default=None, metavar="METHOD", help="load a compressor's models at start")
     p.add_argument("--log-level", default="info", help="uvicorn log level")
@@ -32,20 +40,29 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = ServiceConfig.load(
         args.config, host=args.host, port=args.port, upstream_url=args.upstream,
-        preload=tuple(args.preload) if args.preload else None,
+        preload=tuple(args.preload) if args.preload else None, compress_workers=args.compress_workers,
     )
     if args.workers < 1:
         from ctxzip.errors import ConfigError
 
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    tmpdir = None
+    if args.workers > 1 and cfg.originals_path is None:
+        # every uvicorn process has its own compression workers: they share one originals file for /v1/retrieve
+        tmpdir = tempfile.mkdtemp(prefix="ctxzip-serve-")
+        cfg = dataclasses.replace(cfg, originals_path=os.path.join(tmpdir, "originals.sqlite"))
     os.environ["CTXZIP_SERVICE_CONFIG_JSON"] = cfg.to_env()
-    uvicorn.run(
-        "ctxzip.service.app:app_factory",
-        factory=True,
-        host=cfg.host,
-        port=cfg.port,
-        workers=args.workers,
-        log_level=args.log_level,
-        access_log=False,  # access logs would not carry Authorization anyway; keep them off by default
-    )
+    try:
+        uvicorn.run(
+            "ctxzip.service.app:app_factory",
+            factory=True,
+            host=cfg.host,
+            port=cfg.port,
+            workers=args.workers,
+            log_level=args.log_level,
+            access_log=False,  # access logs would not carry Authorization anyway; keep them off by default
+        )
+    finally:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
     return 0

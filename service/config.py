@@ -30,13 +30,21 @@ class ServiceConfig:
     reversible: bool = False
     #: load these compressors' models before /readyz turns 200
     preload: tuple[str, ...] = ()
-    #: bounded worker pool: threads compressing at once, and requests allowed to wait beyond them
+    #: compression worker processes (env CTXZIP_COMPRESS_WORKERS, ``--compress-workers``). Each loads the models
+    #: once and compresses one request at a time, off the server's event loop and its GIL. 0 = compress in
+    #: ``workers`` threads of the server process instead (tests, tiny setups without models)
+    compress_workers: int = 1
+    #: threads compressing at once when ``compress_workers`` is 0
     workers: int = 2
+    #: requests allowed to wait beyond the compressions running at once; more get 429 with Retry-After
     max_queue: int = 256
     request_timeout_s: float = 60.0
     max_body_bytes: int = 8 * 1024 * 1024
     #: on compressor failure the proxy forwards the original request ("open") or answers 502 ("closed")
     fail_mode: str = "open"
+    #: SQLite file of reversible compression's originals, shared by the worker processes and /v1/retrieve;
+    #: None = a temporary file for the server's lifetime (with compress_workers 0: the process's default store)
+    originals_path: str | None = None
     #: savings ledger (SQLite path); None = the default ledger under the user cache dir
     ledger_path: str | None = None
     ledger: bool = True
@@ -45,10 +53,12 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.fail_mode not in ("open", "closed"):
             raise ConfigError(f"fail_mode must be 'open' or 'closed', got {self.fail_mode!r}")
-        for name in ("workers", "max_queue", "max_body_bytes", "port"):
+        for name in ("workers", "compress_workers", "max_queue", "max_body_bytes", "port"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "max_queue" else 1):
-                raise ConfigError(f"service {name} must be a positive integer, got {v!r}")
+            low = 0 if name in ("max_queue", "compress_workers") else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                kind = "a non-negative" if low == 0 else "a positive"
+                raise ConfigError(f"service {name} must be {kind} integer, got {v!r}")
         if not (isinstance(self.request_timeout_s, (int, float)) and self.request_timeout_s > 0):
             raise ConfigError(f"request_timeout_s must be a positive number, got {self.request_timeout_s!r}")
         if self.rate is not None and self.target_tokens is not None:
@@ -82,6 +92,13 @@ class ServiceConfig:
             data["api_keys"] = [k.strip() for k in env["CTXZIP_API_KEYS"].split(",")]
         if env.get("CTXZIP_FAIL_MODE"):
             data["fail_mode"] = env["CTXZIP_FAIL_MODE"]
+        if env.get("CTXZIP_COMPRESS_WORKERS"):
+            try:
+                data["compress_workers"] = int(env["CTXZIP_COMPRESS_WORKERS"])
+            except ValueError:
+                raise ConfigError(
+                    f"CTXZIP_COMPRESS_WORKERS must be an integer, got {env['CTXZIP_COMPRESS_WORKERS']!r}"
+                ) from None
         data.update({k: v for k, v in overrides.items() if v is not None})
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - valid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ctxzip._lazy import require
@@ -39,7 +40,9 @@ class Metrics:
         )
         self.rejected = prom.Counter("ctxzip_rejected_total", "requests rejected by the queue bound (429)", registry=r)
         self.queue = prom.Gauge("ctxzip_inflight", "compressions running or queued", registry=r)
-        r.register(_CacheCollector(prom))
+        #: segment-cache counters of the compression worker processes (summed), added to this process's own
+        self.worker_cache: Callable[[], dict[str, float]] | None = None
+        r.register(_CacheCollector(prom, self))
 
     def observe_compression(self, method: str, before: int, after: int, seconds: float, cache_hits: int = 0) -> None:
         self.tokens_in.labels(method).inc(before)
@@ -54,12 +57,14 @@ class Metrics:
 
 
 class _CacheCollector:
-    """Exposes the segment cache's own statistics (hits, misses, bytes, evictions, errors) when it exists."""
+    """Exposes the segment cache's own statistics (hits, misses, bytes, evictions, errors) when it exists: this
+    process's, plus the last counters each compression worker process reported with its results."""
 
-    def __init__(self, prom: Any) -> None:
+    def __init__(self, prom: Any, metrics: Metrics) -> None:
         from prometheus_client.core import GaugeMetricFamily
 
         self._gauge = GaugeMetricFamily
+        self._metrics = metrics
 
     def collect(self) -> Any:
         try:
@@ -77,7 +82,11 @@ class _CacheCollector:
 
         if dataclasses.is_dataclass(stats):
             stats = dataclasses.asdict(stats)
-        items = stats.items() if isinstance(stats, dict) else ()
-        for name, value in items:
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                yield self._gauge(f"ctxzip_cache_{name}", f"segment cache {name}", value=value)
+        totals = {k: v for k, v in (stats.items() if isinstance(stats, dict) else ())
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        workers = self._metrics.worker_cache() if self._metrics.worker_cache is not None else {}
+        for name, value in workers.items():
+            if name in totals:
+                totals[name] += value
+        for name, value in totals.items():
+            yield self._gauge(f"ctxzip_cache_{name}", f"segment cache {name}", value=value)

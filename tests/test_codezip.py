@@ -177,6 +177,12 @@ def test_config_validation():
         get_compressor("codezip", dtype="int4")
     with pytest.raises(ConfigError, match="min_fine_lines"):
         get_compressor("codezip", min_fine_lines=0)
+    with pytest.raises(ConfigError, match="tail_ratio"):
+        get_compressor("codezip", tail_ratio=0.5)
+    with pytest.raises(ConfigError, match="import_ratio"):
+        get_compressor("codezip", import_ratio=True)
+    with pytest.raises(ConfigError, match="below 0.5"):
+        get_compressor("codezip", tail_ratio=0.3, import_ratio=0.3)
     with pytest.raises(ConfigError, match="unknown option"):
         get_compressor("codezip", ratio=0.5)
 
@@ -261,6 +267,85 @@ def test_protected_lines_are_kept(tiny_model):
                        protect={"force": ["cells.append(f\"{value:>{col.width}.2f}\")"]})
     assert 'cells.append(f"{value:>{col.width}.2f}")' in res.text
     ast.parse(res.text)
+
+
+_PROSE_TRAPS = '''import os
+from pathlib import Path
+
+# Setup
+# See docs/guide.md and https://example.com/setup, mail admin@example.com
+
+
+def mean(total, count):
+    return total/count
+
+
+def load(path):
+    text = Path(path).read_text()
+    rows = [ln.split(",") for ln in text.splitlines()]
+    cfg = {"retries": 3, "timeout": 30}
+    return rows, cfg
+
+
+def keep_me(x):
+    y = x * 2
+    z = y + SECRET_TOKEN_42
+    w = z - 1
+    return w
+
+
+def helper(a, b):
+    c = a + b
+    d = c * c
+    return d
+'''
+
+
+def test_prose_protection_rules_do_not_apply_to_code():
+    from ctxzip.code_chunking import chunk_code as _chunk
+    from ctxzip.compressors.codezip import CodeZipCompressor
+
+    req = CompressionRequest.create(_PROSE_TRAPS, rate=0.3)  # default rules: markdown, paths, urls, emails, json on
+    lay = _chunk(_PROSE_TRAPS, "python")
+    st = CodeZipCompressor._doc_state(lay, req, get_counter("gpt-4o"))
+    assert not st.protected.any()  # '# Setup' is a comment, total/count a division, the link a comment
+
+    req = CompressionRequest.create(_PROSE_TRAPS, rate=0.3,
+                                    protect={"force": ["Path(path).read_text()"], "patterns": [r"SECRET_\w+"]})
+    st = CodeZipCompressor._doc_state(lay, req, get_counter("gpt-4o"))
+    pinned = {lay.lines[i].strip() for i in np.flatnonzero(st.protected)}
+    assert pinned == {"text = Path(path).read_text()", "z = y + SECRET_TOKEN_42"}
+
+
+def test_user_force_strings_and_patterns_are_kept(tiny_model):
+    req, res = _compress(tiny_model, _PROSE_TRAPS * 3, rate=0.4, filename="traps.py", question="q", tail_ratio=0.0,
+                         import_ratio=0.0, protect={"force": ["Path(path).read_text()"], "patterns": [r"SECRET_\w+"]})
+    assert res.text.count("text = Path(path).read_text()") == 3
+    assert res.text.count("z = y + SECRET_TOKEN_42") == 3
+    ast.parse(res.text)
+    budget = res.details["budget"]
+    assert res.compressed_tokens <= 1.05 * budget
+
+
+def test_tail_and_imports_are_pinned(tiny_model):
+    other = {"title": FILENAMES["python"], "text": SOURCES["python"]}
+    current = {"title": "traps.py", "text": _PROSE_TRAPS * 2}
+    comp = get_compressor("codezip", model=tiny_model)
+    req = CompressionRequest.create([other, current], question="def run(rows):\n    total = ", rate=0.3)
+    res = comp.compress(req)
+    budget = res.details["budget"]
+    assert abs(res.compressed_tokens - budget) <= 0.05 * budget
+    cur = res.documents[-1].text
+    assert cur.startswith("import os\nfrom pathlib import Path\n")
+    assert cur.rstrip().endswith("def helper(a, b):\n    c = a + b\n    d = c * c\n    return d")
+    assert res.details["tail_lines"] > 0 and res.details["import_lines"] == 4  # both copies
+    assert 0 < res.details["tail_tokens"] <= 0.3 * budget
+    assert 0 < res.details["import_tokens"] <= 0.1 * budget
+    ast.parse(cur)
+    # turned off: nothing is pinned
+    res = comp.compress(CompressionRequest.create([other, current], question="x", rate=0.3,
+                                                  tail_ratio=0.0, import_ratio=0.0))
+    assert res.details["tail_lines"] == 0 and res.details["import_lines"] == 0
 
 
 def test_score_gives_one_score_per_unit(tiny_model):

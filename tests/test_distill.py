@@ -84,6 +84,61 @@ def test_corpus_reads_only_developer_sources(tmp_path):
         distill.load_corpus(tmp_path / "missing")
 
 
+README = """# demo-package
+
+[![build](https://img.shields.io/badge/build-passing-green.svg)](https://example.org)
+
+The demo package parses configuration files and reports every `error` it finds, with the
+line number and a short explanation of how to fix it.
+
+```python
+import demo
+demo.parse("config.toml")
+```
+
+    indented_code = True  # an indented code block
+
+| column | value |
+|---|---|
+| a | b |
+
+It is written in pure Python and has no dependencies, so it installs quickly on any platform you use.
+"""
+
+
+def test_prose_paragraphs_drop_code_tables_and_markup():
+    paras = distill.prose_paragraphs(README)
+    assert paras == [
+        "The demo package parses configuration files and reports every error it finds, with the line number and "
+        "a short explanation of how to fix it.",
+        "It is written in pure Python and has no dependencies, so it installs quickly on any platform you use.",
+    ]
+
+
+def test_local_corpus_reads_offline_prose_only(tmp_path):
+    site = tmp_path / "site"
+    (site / "demo-1.0.dist-info").mkdir(parents=True)
+    (site / "demo-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n\n" + README * 3, encoding="utf-8")
+    (site / "demo").mkdir()
+    (site / "demo" / "README.md").write_text(" ".join(SENTENCES[i] for i in (0, 1, 2, 5, 6)) * 2, encoding="utf-8")
+    (site / "demo" / "LICENSE.md").write_text("Permission is hereby granted, free of charge. " * 20)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    doc = " ".join([SENTENCES[1], SENTENCES[5], SENTENCES[2]] * 2)
+    (lib / "mod.py").write_text(f'"""{doc}"""\n\ndef f():\n    """{doc}"""\n', encoding="utf-8")
+    passages = distill.load_local_corpus(limit=40, max_words=60, site_packages=site, stdlib=lib, turns_share=0.3)
+    sources = {p.source for p in passages}
+    assert {"packages", "docs", "stdlib"} <= sources and "turns" in sources
+    text = "\n".join(p.text for p in passages)
+    assert "import demo" not in text and "Permission is hereby granted" not in text and "|" not in text
+    turns = [p for p in passages if p.source == "turns"]
+    for p in turns:
+        assert all(line.split(": ", 1)[0] in distill.SPEAKERS for line in p.text.splitlines())
+    with pytest.raises(ConfigError):
+        distill.load_local_corpus(turns_share=1.0)
+
+
 def test_lm_teacher_labels_keep_the_share_and_the_answers(tmp_path):
     from ctxzip.models.testing import make_tiny_causal_lm
 

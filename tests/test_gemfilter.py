@@ -148,6 +148,60 @@ def test_scores_agree_with_the_models_own_attention(kind):
     torch.testing.assert_close(got - got.mean(), ref - ref.mean(), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["llama", "gemma"])
+def test_softmax_weights_equal_the_models_attention_probabilities(kind):
+    """``weights="softmax"`` over the last m queries is the model's own (causal) attention, summed over heads and
+    those queries; ``span`` only cuts and smooths the result."""
+    model = _llama() if kind == "llama" else _gemma()
+    r, m = 2, 4
+    model.config._attn_implementation = "eager"
+    ids = torch.randint(3, 300, (1, 23), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        probs = model(ids, output_attentions=True, use_cache=False).attentions[r][0, :, -m:, :]  # [Hq, m, T]
+    ref = probs.sum(dim=(0, 1))
+    got = gf.layer_scores(model, ids, [r], smooth=1, queries=m, weights="softmax")[r]
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    assert got.sum().item() == pytest.approx(probs.shape[0] * m, rel=1e-4)  # each head and query sums to one
+    cut = gf.layer_scores(model, ids, [r], smooth=3, queries=m, weights="softmax", span=(1, 19))[r]
+    torch.testing.assert_close(cut, _pool(ref[1:19], 3), rtol=1e-4, atol=1e-5)
+
+
+def test_logit_weights_over_several_queries_sum_their_logits():
+    model = _llama()
+    r, m = 1, 3
+    ids = torch.randint(3, 300, (1, 30), generator=torch.Generator().manual_seed(11))
+    manual = sum(_manual_raw_scores(model, ids[:, : 30 - j], r, gemma=False)[:20] for j in range(m))
+    got = gf.layer_scores(model, ids, [r], smooth=1, queries=m, span=(0, 20))[r]
+    torch.testing.assert_close(got, manual, rtol=1e-4, atol=1e-4)
+
+
+def test_captured_queries_and_keys_reproduce_layer_scores():
+    """The sweep's path (one capture, several scorings) gives the same numbers as scoring in the hook."""
+    model = _gemma()
+    ids = torch.randint(3, 300, (1, 26), generator=torch.Generator().manual_seed(2))
+    got = gf.layer_queries_and_keys(model, ids, [2, 5], 6)
+    assert sorted(got) == [2, 5]
+    for r, (q, keys, scale, cap) in got.items():
+        assert q.shape[1] == 6 and keys.shape[1] == 26
+        for weights, n in (("logit", 1), ("softmax", 6), ("softmax", 2)):
+            direct = gf.layer_scores(model, ids, [r], smooth=5, queries=n, weights=weights, span=(1, 20))[r]
+            again = gf.qk_scores(q[:, -n:], keys, scale=scale, smooth=5, weights=weights, span=(1, 20), softcap=cap)
+            torch.testing.assert_close(again, direct, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="queries"):
+        gf.layer_queries_and_keys(model, ids, [2], 0)
+
+
+def test_layer_scores_validate_options():
+    model = _llama()
+    ids = torch.randint(3, 300, (1, 10))
+    with pytest.raises(ConfigError, match="weights"):
+        gf.layer_scores(model, ids, [1], weights="prob")
+    with pytest.raises(ConfigError, match="queries"):
+        gf.layer_scores(model, ids, [1], queries=-1)
+    with pytest.raises(InputError, match="span"):
+        gf.layer_scores(model, ids, [1], span=(3, 11))
+
+
 def test_forward_stops_at_the_selection_layer():
     model = _llama(num_layers=6)
     calls = {i: 0 for i in range(6)}
@@ -280,7 +334,8 @@ def test_long_context_is_scored_in_windows_with_the_question_appended(tokenizer)
     # every window equals scoring that window alone, followed by the question
     a, b = cs.windows[1]
     seq = torch.from_numpy(np.concatenate([cs.prefix_ids, cs.token_ids[a:b], cs.query_ids])).view(1, -1)
-    alone = gf.layer_scores(model, seq, [2])[2][cs.prefix_ids.size : cs.prefix_ids.size + b - a]
+    span = (int(cs.prefix_ids.size), int(cs.prefix_ids.size) + b - a)
+    alone = gf.layer_scores(model, seq, [2], span=span)[2]
     np.testing.assert_allclose(cs.scores[2][a:b], alone.double().numpy(), rtol=1e-5, atol=1e-5)
     # offsets point at the token text
     for i in (0, 5, n - 1):
@@ -313,6 +368,28 @@ def test_unit_scores_pool_and_fill():
     np.testing.assert_allclose(filled, [1.0, 2.0, 2.0])
 
 
+def test_sentence_lift_ranks_whole_sentences():
+    from ctxzip.protect import ProtectionRules
+    from ctxzip.tokens import get_counter
+    from ctxzip.units import segment
+
+    u = segment("One two three. Four five six. Seven eight.", ProtectionRules(), get_counter("gpt-4o"))
+    assert u.sentence.tolist() == [0, 0, 0, 1, 1, 1, 2, 2]
+    words = np.array([0.1, 0.9, 0.2, 0.3, 0.4, 0.35, 0.0, 0.05])
+    np.testing.assert_array_equal(gf.sentence_lift(u, words, 0.0), words)
+    np.testing.assert_allclose(gf.sentence_lift(u, words, 1.0), [0.9, 0.9, 0.9, 0.4, 0.4, 0.4, 0.05, 0.05])
+    half = gf.sentence_lift(u, words, 0.5)
+    np.testing.assert_allclose(half, 0.5 * words + 0.5 * gf.sentence_lift(u, words, 1.0))
+    # with the lift, a budget of one sentence keeps the sentence of the best word whole
+    from ctxzip.select import select_to_budget
+
+    counter = get_counter("gpt-4o")
+    sel = select_to_budget([u], [gf.sentence_lift(u, words, 1.0)], counter.count("One two three."), counter)
+    assert sel.texts[0].strip() == "One two three."
+    sel = select_to_budget([u], [words], counter.count("One two three."), counter)
+    assert sel.texts[0].strip() != "One two three."
+
+
 # ---------------------------------------------------------------------------------------------- compressor
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, tokenizer):
@@ -335,6 +412,12 @@ def test_config_validation():
         gf.GemFilterCompressor(template="markdown")
     with pytest.raises(ConfigError, match="max_window"):
         gf.GemFilterCompressor(max_window=10)
+    with pytest.raises(ConfigError, match="queries"):
+        gf.GemFilterCompressor(queries=-2)
+    with pytest.raises(ConfigError, match="weights"):
+        gf.GemFilterCompressor(weights="max")
+    with pytest.raises(ConfigError, match="sentence"):
+        gf.GemFilterCompressor(sentence=1.5)
     with pytest.raises(ConfigError, match="unknown option"):
         gf.GemFilterCompressor(topk=3)
 

@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 from lingua2_tiny import SENTENCES, make_bert_classifier, make_xlmr_classifier  # noqa: E402
 
-from ctxzip.compressors.lingua2 import Lingua2Compressor, chunk_bounds, merge_words  # noqa: E402
+from ctxzip.compressors.lingua2 import Lingua2Compressor, chunk_bounds, merge_words, split_pieces  # noqa: E402
 from ctxzip.errors import ConfigError, ModelError  # noqa: E402
 from ctxzip.registry import get_compressor  # noqa: E402
 from ctxzip.types import CompressionRequest  # noqa: E402
@@ -217,6 +217,92 @@ def test_context_level_filter_drops_whole_low_probability_documents(bert_dir):
     assert not res.documents[1].dropped or res.documents[1].compressed_tokens == 0
 
 
+TOPICS = {
+    "cooking": "Bake the bread at a high oven temperature until the crust is golden and the loaf sounds hollow.",
+    "astronomy": "The telescope observed a distant galaxy whose light left its stars billions of years ago.",
+    "football": "The striker scored twice in the final minutes and the stadium crowd sang until midnight.",
+    "finance": "The central bank raised interest rates to slow inflation, and bond yields climbed at once.",
+}
+MEETING = "\n".join(
+    f"{who}: {TOPICS[t]}" for who, t in zip(["Ann", "Ben", "Cy", "Di"] * 6, list(TOPICS) * 6, strict=True)
+)
+
+
+def _units(text):
+    from ctxzip.protect import ProtectionRules
+    from ctxzip.tokens import get_counter
+    from ctxzip.units import segment
+
+    return segment(text, ProtectionRules(), get_counter("gpt-4o"))
+
+
+def test_split_pieces_cover_documents_and_cut_at_line_ends():
+    docs = [_units(MEETING), _units(SENTENCES[0]), _units(""), _units(LONG)]
+    pieces = split_pieces(docs, 40)
+    assert {p.doc for p in pieces} == {0, 1, 3}
+    for d, u in enumerate(docs):
+        mine = [p for p in pieces if p.doc == d]
+        if not len(u):
+            continue
+        # contiguous, covering every unit, costs add up
+        assert [p.u0 for p in mine] == [0] + [p.u1 for p in mine[:-1]] and mine[-1].u1 == len(u)
+        assert sum(p.cost for p in mine) == int(u.costs.sum())
+        assert all(u.text[p.start : p.end] == "".join(u.texts()[p.u0 : p.u1]) for p in mine)
+    meeting = [p for p in pieces if p.doc == 0]
+    assert len(meeting) > 3
+    for p in meeting[:-1]:  # every meeting piece ends at the end of a turn
+        assert MEETING[p.end : p.end + 1] == "\n" and p.cost <= 2 * 40
+    assert len([p for p in pieces if p.doc == 1]) == 1  # a short document is one piece
+    assert split_pieces(docs, 0)[0].u1 == len(docs[0])  # chunk_tokens=0: whole documents
+
+
+def test_question_coarse_keeps_the_relevant_pieces(bert_dir):
+    comp = get_compressor("lingua2", model=bert_dir, device="cpu", rank_method="bm25", coarse_keep=1.0)
+    docs = [" ".join([text] * 4) for text in TOPICS.values()]
+    req = CompressionRequest.create(docs, question="Which galaxy did the telescope observe?", rate=0.2)
+    res = comp.compress(req)
+    assert abs(res.compressed_tokens - res.details["budget"]) <= 0.05 * res.details["budget"]
+    assert res.details["coarse"]["kept_docs"] == [1] and res.details["coarse"]["pieces"] == 4
+    assert [d.dropped for d in res.documents] == [True, False, True, True]
+    for doc, original in zip(res.documents, docs, strict=True):
+        assert _is_subsequence(doc.text, original)
+    # inside one long transcript: the pieces are turn groups, and the kept ones are about the question
+    res = comp.compress(CompressionRequest.create(MEETING, question="What did the central bank do to rates?",
+                                                  rate=0.2, coarse_chunk_tokens=12))
+    kept = res.documents[0].text
+    assert "bank" in kept and "telescope" not in kept and "striker" not in kept
+    assert res.details["coarse"]["pieces"] > 2
+
+
+def test_question_coarse_classifies_only_the_kept_pieces(bert_dir, monkeypatch):
+    comp = Lingua2Compressor(model=bert_dir, device="cpu", rank_method="bm25", coarse_keep=1.0)
+    seen = []
+    real = Lingua2Compressor.word_probs
+
+    def spy(self, texts, cfg=None):
+        seen.extend(texts)
+        return real(self, texts, cfg)
+
+    monkeypatch.setattr(Lingua2Compressor, "word_probs", spy)
+    docs = [" ".join([text] * 4) for text in TOPICS.values()]
+    comp.compress(CompressionRequest.create(docs, question="Which galaxy did the telescope observe?", rate=0.2))
+    assert seen == [docs[1]]
+
+
+def test_without_question_or_with_coarse_none_the_output_is_question_agnostic(bert_dir):
+    comp = get_compressor("lingua2", model=bert_dir, device="cpu", rank_method="bm25")
+    docs = [" ".join([text] * 4) for text in TOPICS.values()]
+    plain = comp.compress(CompressionRequest.create(docs, rate=0.3))
+    assert "coarse" not in plain.details
+    off = comp.compress(CompressionRequest.create(docs, question="Which galaxy?", rate=0.3, coarse="none"))
+    assert off.text == plain.text and "coarse" not in off.details
+    on = comp.compress(CompressionRequest.create(docs, question="Which galaxy?", rate=0.3))
+    assert on.text != plain.text and "coarse" in on.details
+    single = comp.compress(CompressionRequest.create(docs[0], question="Which galaxy?", rate=0.3))
+    alone = comp.compress(CompressionRequest.create(docs[0], rate=0.3))
+    assert single.text == alone.text  # one piece: nothing to rank
+
+
 def test_return_word_labels_match_the_output(model_dir):
     comp = get_compressor("lingua2", model=model_dir, device="cpu")
     texts = [LONG[:700], MIXED]
@@ -252,6 +338,11 @@ def test_int8_quantisation_runs_on_cpu(bert_dir):
         {"context_level_rate": 0.0},
         {"batch_size": 0},
         {"drop_consecutive": "yes"},
+        {"coarse": "documents"},
+        {"coarse_keep": 0.5},
+        {"coarse_chunk_tokens": -1},
+        {"rank_method": "lm"},
+        {"rank_model": ""},
     ],
 )
 def test_config_errors_say_what_to_fix(bad):
@@ -283,6 +374,16 @@ def test_import_ctxzip_stays_light():
     code = "import ctxzip, ctxzip.compressors.lingua2, ctxzip.distill, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_shipped_student_with_minilm_ranking_keeps_the_answering_document():
+    comp = get_compressor("lingua2")  # coarse="question", rank_method="embed" (MiniLM) by default
+    docs = [" ".join([text] * 3) for text in TOPICS.values()]
+    res = comp.compress(CompressionRequest.create(docs, question="How did the bank respond to inflation?", rate=0.3))
+    assert 3 in res.details["coarse"]["kept_docs"] and not res.documents[3].dropped
+    assert "inflation" in res.documents[3].text
+    assert abs(res.compressed_tokens - res.details["budget"]) <= 0.05 * res.details["budget"]
 
 
 @pytest.mark.slow

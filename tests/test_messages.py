@@ -177,3 +177,139 @@ def test_budget_holds_when_whole_messages_are_dropped(rate):
     r = _run(msgs, rate=rate, method="truncate", config=None, memo=False)
     assert any(m["content"] == "" for m in r.messages)
     assert abs(r.compressed_tokens - r.budget) <= 0.05 * r.budget, (r.compressed_tokens, r.budget)
+
+
+# ---------------------------------------------------------------- the default route for chat turns with a question
+
+
+class _BagOfWords:
+    """A stand-in sentence encoder: hashed bag of words, L2-normalised (similarity = word overlap)."""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def encode(self, texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True):
+        import re
+        import zlib
+
+        import numpy as np
+
+        self.seen += list(texts)
+        out = np.zeros((len(texts), 512), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for w in re.findall(r"[a-z0-9]+", t.lower()):
+                if len(w) > 3:
+                    out[i, zlib.crc32(w.encode()) % 511] += 1.0
+            out[i, 511] = 0.0 if out[i].any() else 1.0
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def bag_encoder(monkeypatch):
+    from ctxzip.compressors import embed_rank
+
+    enc = _BagOfWords()
+    monkeypatch.setattr(embed_rank.EmbedRankCompressor, "_encoder", lambda self, model: enc)
+    embed_rank.embedding_memo().clear()
+    yield enc
+    embed_rank.embedding_memo().clear()
+
+
+_FILLER = [
+    "Melanie: Hey Caroline, how was your weekend? Mine was busy with the kids and work, as usual these days.",
+    "Caroline: It was fine, mostly relaxing at home and reading a long novel on the couch with some tea.",
+    "Melanie: That sounds nice. We went swimming in the lake and then had pizza for dinner together.",
+    "Caroline: Lovely! I have been painting a lot lately, mostly sunsets and flowers in the garden.",
+    "Melanie: Your paintings are always so colourful, I really admire that about you and your work.",
+]
+_ANSWER_TURN = ("Caroline: Guess what, yesterday I adopted a grey kitten called Pepper from the animal shelter "
+                "in Dover, and she already sleeps on my bed.")
+
+
+def _chat(turns=60, where=7):
+    msgs = [{"role": "system", "content": "You are a friendly assistant."}]
+    for t in range(turns):
+        text = _ANSWER_TURN if t == where else f"{_FILLER[t % len(_FILLER)]} (turn {t})"
+        msgs.append({"role": "user" if t % 2 else "assistant", "content": text})
+    msgs.append({"role": "user", "content": "What is the name of the kitten Caroline adopted from the shelter?"})
+    return msgs
+
+
+def test_default_route_keeps_the_relevant_turn_whole_and_drops_unrelated_turns(bag_encoder):
+    msgs = _chat()
+    r = ctxzip.compress_messages(msgs, rate=0.3, memo=False)
+    assert abs(r.compressed_tokens - r.budget) <= 0.05 * r.budget, (r.compressed_tokens, r.budget)
+    assert r.messages[8]["content"] == _ANSWER_TURN  # the answering turn, untouched by the selection
+    assert {x for s in r.stats for x in s.routes} == {"prose:embed-rank"}
+    # whole sentences are selected: turns are kept whole or dropped whole more often than not
+    dropped = sum(1 for s in r.stats if s.action == "compressed" and s.compressed_tokens == 0)
+    whole = sum(1 for s in r.stats if s.action == "unchanged")
+    assert dropped >= 10 and whole >= 5, (dropped, whole)
+    for i in _untouched_indices(msgs, MessagePolicy().keep_recent):
+        assert r.messages[i] == msgs[i]
+
+
+def test_one_request_for_all_turns_and_each_piece_encoded_once(bag_encoder, monkeypatch):
+    from ctxzip.router import Router
+
+    calls = []
+    real = Router.compress
+
+    def counting(self, request):
+        calls.append(len(request.documents))
+        return real(self, request)
+
+    monkeypatch.setattr(Router, "compress", counting)
+    msgs = _chat()
+    r = ctxzip.compress_messages(msgs, rate=0.3, memo=False)
+    n = sum(1 for s in r.stats if s.action in ("compressed", "unchanged"))
+    # every compressible turn is a document of one request (plus at most one correction round of the budget)
+    assert 1 <= len(calls) <= 2 and set(calls) == {n}
+    assert len(bag_encoder.seen) == len(set(bag_encoder.seen))  # a correction round encodes nothing again
+
+
+def test_a_caller_route_replaces_the_message_route(bag_encoder):
+    r = ctxzip.compress_messages(_chat(), rate=0.3, memo=False, config={"routes": {"prose_question": ["truncate"]}})
+    assert {x for s in r.stats for x in s.routes} == {"prose:truncate"}
+
+
+def test_embeddings_are_remembered_so_a_grown_chat_encodes_only_its_new_turns(bag_encoder):
+    from ctxzip.compressors.embed_rank import embedding_memo
+
+    memo = PrefixMemo()
+    msgs = _chat()
+    first = ctxzip.compress_messages(msgs, rate=0.3, memo=memo)
+    assert len(bag_encoder.seen) == len(set(bag_encoder.seen))  # a repeated piece is encoded once
+    grown = [*msgs[:-1], {"role": "assistant", "content": _FILLER[0] + " (late turn)"},
+             {"role": "user", "content": "And which town is the shelter in?"}]
+    bag_encoder.seen.clear()
+    second = ctxzip.compress_messages(grown, rate=0.3, memo=memo)
+    # only the turn that aged out of the recent window and the new question are new to the encoder
+    assert 0 < len(bag_encoder.seen) <= 4, bag_encoder.seen
+    assert abs(second.compressed_tokens - second.budget) <= 0.05 * second.budget
+    compressed_before = [s.index for s in first.stats if s.action in ("compressed", "unchanged")]
+    assert len(compressed_before) > 20
+    assert all(second.messages[i] == first.messages[i] for i in compressed_before)  # the stable prefix
+    # remembered embeddings give the same result as encoding from scratch
+    again = ctxzip.compress_messages(grown, rate=0.3, memo=False)
+    embedding_memo().clear()
+    cold = ctxzip.compress_messages(grown, rate=0.3, memo=False)
+    assert again.messages == cold.messages
+
+
+def test_embedding_memo_is_bounded_and_batches_cover_every_piece_in_order():
+    from ctxzip.compressors.embed_rank import EmbeddingMemo, _batches
+
+    enc = _BagOfWords()
+    memo = EmbeddingMemo(max_entries=3)
+    texts = ["alpha beta", "gamma delta", "alpha beta", "epsilon zeta", "theta iota", "kappa lambda"]
+    emb = memo.encode(enc, "k", texts, batch_size=2)
+    assert emb.shape == (6, 512) and (emb[0] == emb[2]).all()
+    assert len(enc.seen) == 5 and len(memo) == 3  # the repeat encoded once; the oldest entries evicted
+    memo.encode(enc, "k", ["kappa lambda"], batch_size=2)
+    assert len(enc.seen) == 5  # remembered
+    pieces = sorted([f"w{i} " * (1 + i // 40) for i in range(400)] + ["long " * 300] * 5, key=len)
+    batches = _batches(pieces, 16)
+    assert [p for b in batches for p in b] == pieces
+    assert max(len(b) for b in batches) <= 8 * 16 and len(batches[0]) > 16  # short pieces: bigger batches
+    assert len(batches[-1]) <= 16  # long pieces: the configured batch size

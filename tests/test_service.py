@@ -4,6 +4,8 @@ upstream on loopback), health, metrics, limits and faults."""
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import socket
 import threading
 import time
@@ -18,6 +20,7 @@ from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
+from ctxzip.service import worker as worker_mod  # noqa: E402
 from ctxzip.service.app import create_app  # noqa: E402
 from ctxzip.service.config import ServiceConfig  # noqa: E402
 
@@ -111,7 +114,7 @@ def _history(n: int = 12) -> list[dict]:
 def proxy(tmp_path):
     up_app = fake_upstream()
     with _Server(up_app) as upstream:
-        cfg = ServiceConfig(upstream_url=upstream.url + "/v1", method="truncate", rate=0.5,
+        cfg = ServiceConfig(upstream_url=upstream.url + "/v1", method="truncate", rate=0.5, compress_workers=0,
                             ledger_path=str(tmp_path / "ledger.sqlite"))
         with _Server(create_app(cfg)) as sidecar:
             yield sidecar, up_app
@@ -164,16 +167,14 @@ def test_bypass_and_passthrough(proxy):
 
 
 def test_fail_open_and_fail_closed(tmp_path, monkeypatch):
-    import ctxzip.service.app as appmod
-
     def boom(*a, **k):
         raise RuntimeError("compressor exploded")
 
-    monkeypatch.setattr(appmod, "_messages_call", boom)
+    monkeypatch.setattr(worker_mod, "messages_task", boom)
     up_app = fake_upstream()
     with _Server(up_app) as upstream:
         for mode, status in (("open", 200), ("closed", 502)):
-            cfg = ServiceConfig(upstream_url=upstream.url + "/v1", fail_mode=mode, ledger=False)
+            cfg = ServiceConfig(upstream_url=upstream.url + "/v1", fail_mode=mode, ledger=False, compress_workers=0)
             with TestClient(create_app(cfg)) as c:
                 r = c.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": _history(2)})
                 assert r.status_code == status, (mode, r.text)
@@ -181,9 +182,19 @@ def test_fail_open_and_fail_closed(tmp_path, monkeypatch):
                     assert up_app.state.received[-1]["body"]["messages"] == _history(2)
 
 
+def _assert_gone(pids) -> None:
+    """The worker processes were stopped and reaped: no orphans left behind."""
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_compress_endpoint_shapes_and_errors(tmp_path):
+    """In a worker process (the default): results, errors and metrics cross the process boundary."""
     cfg = ServiceConfig(method="truncate", rate=0.5, ledger_path=str(tmp_path / "l.sqlite"), max_body_bytes=200_000)
-    with TestClient(create_app(cfg)) as c:
+    assert cfg.compress_workers == 1
+    app = create_app(cfg)
+    with TestClient(app) as c:
         r = c.post("/v1/compress", json={"documents": ["alpha beta gamma delta " * 40, {"text": "x y z " * 30, "id": 1}],
                                           "question": "q?", "rate": 0.3, "method": "truncate"})
         assert r.status_code == 200
@@ -205,14 +216,24 @@ def test_compress_endpoint_shapes_and_errors(tmp_path):
         metrics = c.get("/metrics").text
         assert 'ctxzip_requests_total{endpoint="/v1/compress",status="200"}' in metrics
         assert "ctxzip_tokens_saved_total" in metrics
+        # counted from the worker's results: the documents call and the messages call
+        assert 'ctxzip_compression_seconds_count{method="truncate"} 1.0' in metrics
+        assert 'ctxzip_compression_seconds_count{method="messages/truncate"} 1.0' in metrics
         assert "ctxzip_cache_hits" in metrics  # the segment cache's own counters
+        pids = app.state.ctxzip.pool.pids()
+        assert len(pids) == 1 and os.getpid() not in pids
+    _assert_gone(pids)
     from ctxzip.ledger import Ledger
 
     assert len(Ledger(str(tmp_path / "l.sqlite")).events()) >= 2
 
 
 def test_api_keys_and_reversible_retrieval_scope(tmp_path):
-    cfg = ServiceConfig(method="truncate", rate=0.3, api_keys=("k1", "k2"), reversible=True, ledger=False)
+    """Hashes issued by a worker process are retrievable from the server (a shared SQLite store)."""
+    from ctxzip import reversible as ctxzip_reversible
+
+    cfg = ServiceConfig(method="truncate", rate=0.3, api_keys=("k1", "k2"), reversible=True, ledger=False,
+                        originals_path=str(tmp_path / "originals.sqlite"))
     with TestClient(create_app(cfg)) as c:
         assert c.post("/v1/compress", json={"messages": _history(3), "model": "gpt-4o"}).status_code == 401
         r = c.post("/v1/compress", json={"messages": _history(3), "model": "gpt-4o"}, headers={"x-ctxzip-key": "k1"})
@@ -222,27 +243,47 @@ def test_api_keys_and_reversible_retrieval_scope(tmp_path):
         ok = c.get(f"/v1/retrieve/{hashes[0]}", headers={"x-ctxzip-key": "k1"})
         assert ok.status_code == 200 and ok.json()["original"]
         assert c.get(f"/v1/retrieve/{hashes[0]}", headers={"x-ctxzip-key": "k2"}).status_code == 404
+        # a documents request: the original belongs to the caller's key, whatever namespace the body names
+        doc = "The committee met on Tuesday and agreed the budget for the Lisbon office. " * 20
+        r = c.post("/v1/compress", json={"context": doc, "rate": 0.3, "method": "truncate",
+                                          "options": {"reversible": True, "namespace": "k1"}},
+                   headers={"x-ctxzip-key": "k2"})
+        assert r.status_code == 200, r.text
+        (h,) = ctxzip_reversible.find_markers(r.json()["compressed"])
+        assert c.get(f"/v1/retrieve/{h}", headers={"x-ctxzip-key": "k2"}).json()["original"] == doc
+        assert c.get(f"/v1/retrieve/{h}", headers={"x-ctxzip-key": "k1"}).status_code == 404
 
 
+@pytest.mark.slow
 def test_readyz_waits_for_models():
+    """/readyz is 503 until the worker process has loaded its models, then 200."""
     cfg = ServiceConfig(preload=("embed-rank",), ledger=False)
     with TestClient(create_app(cfg)) as c:
-        first = c.get("/readyz").status_code
-        assert first in (200, 503)
+        assert c.get("/readyz").status_code == 503  # a spawned worker cannot have loaded a model yet
+        assert c.get("/livez").status_code == 200
         deadline = time.time() + 120
         while c.get("/readyz").status_code != 200 and time.time() < deadline:
             time.sleep(0.5)
         assert c.get("/readyz").status_code == 200
 
 
-def test_queue_bound_gives_429_and_livez_stays_fast(tmp_path):
+def test_readyz_reports_a_failed_model_load():
+    with TestClient(create_app(ServiceConfig(preload=("no-such-method",), ledger=False))) as c:
+        deadline = time.time() + 60
+        while c.get("/readyz").json()["status"] == "loading" and time.time() < deadline:
+            time.sleep(0.2)
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "error" and "no-such-method" in r.json()["detail"]
+
+
+def test_queue_bound_gives_429_and_livez_stays_fast_threads(tmp_path):
     import concurrent.futures
 
     import httpx
 
     import ctxzip.service.app as appmod
 
-    cfg = ServiceConfig(method="truncate", rate=0.5, workers=1, max_queue=1, ledger=False)
+    cfg = ServiceConfig(method="truncate", rate=0.5, workers=1, max_queue=1, ledger=False, compress_workers=0)
     app = create_app(cfg)
     state = app.state.ctxzip
     gate = threading.Event()
@@ -276,7 +317,7 @@ def test_openapi_schema_fuzz_no_5xx(tmp_path):
     schemathesis = pytest.importorskip("schemathesis")
     from hypothesis import HealthCheck, given, settings
 
-    cfg = ServiceConfig(method="truncate", rate=0.5, ledger=False, upstream_url=None)
+    cfg = ServiceConfig(method="truncate", rate=0.5, ledger=False, upstream_url=None, compress_workers=0)
     app = create_app(cfg)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     failures = []
@@ -295,3 +336,90 @@ def test_openapi_schema_fuzz_no_5xx(tmp_path):
         check()
     assert not failures, failures[:3]
 
+
+
+def test_worker_process_queue_bound_timeout_livez_and_shutdown(tmp_path):
+    """With the worker process busy: 504 past the timeout, 429 beyond the queue bound, /livez stays fast, and
+    shutdown leaves no process behind."""
+    import concurrent.futures
+
+    import httpx
+
+    cfg = ServiceConfig(method="truncate", rate=0.5, compress_workers=1, max_queue=0, request_timeout_s=1.0,
+                        ledger=False)
+    app = create_app(cfg)
+    state = app.state.ctxzip
+    small = {"context": "a b c d e f " * 20, "rate": 0.5, "method": "truncate"}
+    big = " ".join(f"word{i % 997} and some more text." for i in range(20_000))
+    with _Server(app) as srv:
+        deadline = time.time() + 120
+        while httpx.get(srv.url + "/readyz").status_code != 200:
+            assert time.time() < deadline, "the worker process did not become ready"
+            time.sleep(0.2)
+        warm = dict(small, question=None, instruction=None, target_tokens=None, target_model="gpt-4o", options={},
+                    namespace="default", ledger=(False, None), app=None)
+        assert "body" in state.pool.submit(worker_mod.call, "documents", warm).result(120)
+        busy = state.pool.submit(worker_mod.call, "documents", dict(warm, context=big, rate=0.3))
+        sleeper = state.pool.submit(time.sleep, 2.0)  # keeps the only worker occupied past the request timeout
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(httpx.post, srv.url + "/v1/compress", json=small, timeout=30)
+            while state.inflight < 1:
+                time.sleep(0.01)
+            rejected = httpx.post(srv.url + "/v1/compress", json=small, timeout=30)
+            assert rejected.status_code == 429 and rejected.headers.get("retry-after") == "1"
+            for _ in range(5):  # the worker computes while the server answers at once
+                t0 = time.perf_counter()
+                assert httpx.get(srv.url + "/livez").status_code == 200
+                assert time.perf_counter() - t0 < 0.5
+            assert slow.result().status_code == 504
+        assert "body" in busy.result(120)
+        sleeper.result(30)
+        deadline = time.time() + 30
+        while (r := httpx.post(srv.url + "/v1/compress", json=small, timeout=30)).status_code == 504:
+            assert time.time() < deadline
+        assert r.status_code == 200 and r.json()["compressed_tokens"] < r.json()["origin_tokens"]
+        metrics = httpx.get(srv.url + "/metrics").text
+        assert "ctxzip_rejected_total 1.0" in metrics
+        pids = state.pool.pids()
+        assert len(pids) == 1
+    assert state.inflight == 0
+    _assert_gone(pids)
+
+
+def test_dead_worker_process_is_replaced(tmp_path):
+    import signal
+
+    cfg = ServiceConfig(method="truncate", rate=0.5, ledger=False)
+    app = create_app(cfg)
+    state = app.state.ctxzip
+    body = {"context": "a b c d e f " * 20, "rate": 0.5, "method": "truncate"}
+    with TestClient(app) as c:
+        assert c.post("/v1/compress", json=body).status_code == 200
+        (pid,) = state.pool.pids()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 60
+        codes = []
+        while not codes or codes[-1] != 200:
+            assert time.time() < deadline, codes
+            codes.append(c.post("/v1/compress", json=body).status_code)
+        assert set(codes) <= {200, 503}
+        new = state.pool.pids()
+        assert new and pid not in new
+        deadline = time.time() + 60
+        while c.get("/readyz").status_code != 200:
+            assert time.time() < deadline
+            time.sleep(0.2)
+    _assert_gone(new)
+
+
+def test_results_pickle_across_processes():
+    """Results are frozen dataclasses with read-only mappings; they survive pickling intact."""
+    import ctxzip
+
+    r = ctxzip.compress(["alpha beta gamma " * 30, {"text": "x y z " * 20, "id": 3}], rate=0.5, method="truncate")
+    back = pickle.loads(pickle.dumps(r))
+    assert back == r and dict(back.documents[1].metadata) == {"id": 3}
+    with pytest.raises(TypeError):
+        back.documents[1].metadata["id"] = 4  # still read-only
+    m = ctxzip.compress_messages(_history(3), model="gpt-4o", rate=0.5, method="truncate")
+    assert pickle.loads(pickle.dumps(m)) == m

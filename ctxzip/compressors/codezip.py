@@ -5,8 +5,22 @@ inside them that matter, and mark what was cut with the language's own comment s
 JavaScript/TypeScript, Java, Go, Rust, C/C++ with tree-sitter) into function, class-header and top-level-code
 chunks; unknown languages fall back to a regular-expression splitter.
 
+**Query**: ``q`` is the request's instruction followed by its question (for code completion the question is the
+code prefix of the line to complete; ``ctxzip bench`` passes the row's prefix), cut to its last
+``max_query_tokens`` model tokens; without either, the last lines of the last document.
+
+**Pinned lines** (a ctxzip addition to the paper, for completion, where the context ends at the completion
+point): before any ranking, the last lines of the last document, up to ``tail_ratio`` (0.3) of the budget, and
+that document's top-level imports, up to ``import_ratio`` (0.1) of the budget (nearest the end first), are kept
+like protected lines. Tail lines inside a function are pinned one by one, so the fine stage keeps them with the
+function's signature and the statement headers around them; a class header or top-level code chunk is pinned
+only whole and only when it fits. The current file's last lines are what a completion continues, and its imports
+name what it can call; the mutual information ranking below spends the rest of the budget. When the always-kept
+lines overrun a small budget, pinned statements are released (earliest first) before the result leaves the
+±5% band. ``tail_ratio=0, import_ratio=0`` is the paper's method as published.
+
 **Coarse stage**: every function/code chunk ``c`` is scored by the approximated mutual information with the
-query ``q`` (the request's instruction and question; without them the last lines of the last document):
+query ``q``:
 ``PPL(q) - PPL(q | c)``, the perplexity drop of the query when the chunk precedes it, with ``PPL = exp(mean
 token NLL)`` from the causal LM of the model layer (default ``smollm2-135m``). Chunks are taken greedily by that
 score until the coarse budget (``budget / fine_ratio``) is spent; a method brings its class header (and closing
@@ -20,7 +34,8 @@ lines) along. Kept chunks stay in their original order.
 * a second pass over the function with the query before it gives the conditional NLLs; a block's value is its
   information gain from the query, ``sum(NLL(line) - NLL(line | q))`` over its tokens (the "contrastive
   perplexity" importance of the reference implementation, but one pass per function instead of one per line or
-  block).
+  block). The unconditioned pass is the coarse stage's own pass over the chunk (the chunk's tokens come before
+  the query there), reused for every function that the coarse stage scored whole (``max_chunk_tokens``).
 * each function gets a budget from its coarse score: ``ratio_i = r * (1 + beta * (2 * norm_i - 1))``
   (``beta = 0.5``, ``norm_i`` the min-max normalised score), rescaled so the ratios spend the fine budget.
 * blocks are chosen by 0/1 knapsack on target-LLM token costs: exact dynamic programming when
@@ -37,16 +52,21 @@ only ever elided whole, at statement boundaries. The output is therefore *not* a
 (``spans`` list the kept character ranges). Budgets are in target-LLM tokens and are met within 5% when the
 always-kept lines fit.
 
-Protection: caller-given ``force`` strings and ``patterns`` and the opt-in ``numbers``/``ids``/``identifiers``
-rules keep every line they touch (and the chunk around it). The default-on prose rules do not apply to code:
-``markdown`` (a ``#`` comment is not a heading), ``paths`` (``total/self.count`` is not a path), ``urls`` and
-``emails`` (a docstring link would pin a whole module docstring), ``code_blocks`` and ``json``.
+Protection (decided for code, issue #11): what the *caller* names is honoured, the prose heuristics are not.
+Caller-given ``force`` strings and ``patterns`` (regular expressions), and the opt-in ``numbers``/``ids``/
+``identifiers`` rules, keep every line they touch: the line is never elided (inside a function, its statement
+and the headers around it stay; a top-level chunk it touches stays whole). The default-on prose rules are not
+applied to code, because on source they fire on nearly every file and pin code for the wrong reason:
+``markdown`` (a ``# comment`` looks like a heading), ``paths`` (``total/self.count`` looks like a path),
+``urls`` and ``emails`` (a link in a docstring would pin the whole docstring), ``code_blocks`` and ``json``
+(a dict literal). A caller who wants URLs or paths kept in code names them with ``force`` or ``patterns``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,6 +87,19 @@ from ..units import Units
 __all__ = ["CodeZipCompressor", "knapsack"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
+
+# top-level import statements of the current file, per language (matched on unindented lines)
+_IMPORTS = {
+    "python": re.compile(r"(?:import|from)\s+[\w.]"),
+    "javascript": re.compile(r"import\b|(?:const|let|var)\s+[^=]+=\s*require\("),
+    "typescript": re.compile(r"import\b|(?:const|let|var)\s+[^=]+=\s*require\("),
+    "tsx": re.compile(r"import\b"),
+    "java": re.compile(r"import\s"),
+    "go": re.compile(r"import\b"),
+    "rust": re.compile(r"(?:pub(?:\([^)]*\))?\s+)?(?:use\s|extern\s+crate\s)"),
+    "c": re.compile(r"#\s*include\b"),
+    "cpp": re.compile(r"#\s*include\b|import\s"),
+}
 
 
 def knapsack(weights: Sequence[int], values: Sequence[float], capacity: int, *, max_cells: int = 2_000_000
@@ -135,9 +168,21 @@ class _Func:
     forced_cost: float
     node_cost: np.ndarray
     node_gain: np.ndarray
+    base_forced: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # forced without the pins
+    pin_nodes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # nodes holding pinned lines
     score: float = 0.0
     selected: set[int] = field(default_factory=set)
     extra: set[int] = field(default_factory=set)  # single statements added to fill the budget
+
+    def release_pin(self, k: int) -> None:
+        """Stop pinning node ``k``: it is kept only if a block or a kept descendant brings it back."""
+        self.pin_nodes[k] = False
+        forced = self.base_forced | self.pin_nodes
+        for j in range(len(self.nodes) - 1, 0, -1):
+            if forced[j]:
+                forced[self.parent[j]] = True
+        self.forced = forced
+        self.forced_cost = float(self.node_cost[forced].sum())
 
     def kept_nodes(self) -> np.ndarray:
         keep = self.forced.copy()
@@ -161,9 +206,15 @@ class _Doc:
     comment: str
     line_cost: np.ndarray  # target tokens per line
     line_start: np.ndarray  # char offset of each line
-    protected: np.ndarray  # bool per line
+    protected: np.ndarray  # bool per line: the caller's protection rules
     chunk_cost: np.ndarray
     scoreable: np.ndarray  # bool per chunk
+    pinned: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # bool per line: tail and imports
+
+    @property
+    def kept(self) -> np.ndarray:
+        """Lines every selection keeps: protected or pinned."""
+        return self.protected | self.pinned if self.pinned.shape == self.protected.shape else self.protected
 
 
 @register("codezip")
@@ -186,6 +237,8 @@ class CodeZipCompressor(BaseCompressor):
         dtype: str = "float32"
         device: str | None = None
         merge_chars: int = 800  # consecutive small top-level code chunks are merged up to this size
+        tail_ratio: float = 0.3  # share of the budget pinned to the lines right before the completion point
+        import_ratio: float = 0.1  # share of the budget for the current file's (the last document's) imports
 
         def __post_init__(self) -> None:
             if not isinstance(self.model, str) or not self.model.strip():
@@ -197,6 +250,12 @@ class CodeZipCompressor(BaseCompressor):
                     raise ConfigError(f"codezip: {name} must be a number, got {v!r}")
             if not 0.0 < self.fine_ratio <= 1.0:
                 raise ConfigError(f"codezip: fine_ratio must be in (0, 1] (1.0 turns the fine stage off), got {self.fine_ratio!r}")
+            for name in ("tail_ratio", "import_ratio"):
+                v = getattr(self, name)
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 0.5:
+                    raise ConfigError(f"codezip: {name} must be a number in [0, 0.5) (0 = nothing pinned), got {v!r}")
+            if self.tail_ratio + self.import_ratio >= 0.5:
+                raise ConfigError("codezip: tail_ratio + import_ratio must stay below 0.5 (the ranking needs the rest)")
             if not 0.0 <= self.beta <= 1.0:
                 raise ConfigError(f"codezip: beta must be in [0, 1] (0 = same ratio for every function), got {self.beta!r}")
             if isinstance(self.spike_k, bool) or not isinstance(self.spike_k, (int, float)) or not math.isfinite(self.spike_k):
@@ -273,24 +332,103 @@ class CodeZipCompressor(BaseCompressor):
             out.append(t if len(ids) <= n else t[: int(ends[n - 1])])
         return out
 
-    def _coarse_scores(self, scorer: Any, cfg: Any, docs: list[_Doc], query: str) -> list[np.ndarray]:
-        """``PPL(q) - PPL(q | chunk)`` per chunk (``-inf`` for chunks that are not scored)."""
-        items = [(d, c) for d, doc in enumerate(docs) for c in np.flatnonzero(doc.scoreable)]
+    def _coarse_scores(self, scorer: Any, cfg: Any, docs: list[_Doc], query: str,
+                       plain: dict[tuple[int, int], Any] | None = None) -> list[np.ndarray]:
+        """``PPL(q) - PPL(q | chunk)`` per chunk (``-inf`` for chunks that are not scored).
+
+        The chunk's own tokens in that pass are scored given only the chunk before them: for every chunk scored
+        whole, those token NLLs are stored in ``plain`` (keyed ``(doc, chunk)``) and the fine stage reuses them
+        as its unconditioned pass."""
+        items = [(d, int(c)) for d, doc in enumerate(docs) for c in np.flatnonzero(doc.scoreable)]
         out = [np.full(len(doc.layout.chunks), -np.inf) for doc in docs]
         if not items or not query.strip():
             for d, c in items:
                 out[d][c] = 0.0
             return out
-        texts = [docs[d].layout.chunk_text(int(c)) for d, c in items]
-        texts = self._head_tokens(scorer, texts, cfg.max_chunk_tokens)
-        texts = [t if t.endswith("\n") else t + "\n" for t in texts]
+        whole = [docs[d].layout.chunk_text(c) for d, c in items]
+        heads = self._head_tokens(scorer, whole, cfg.max_chunk_tokens)
+        texts = [t if t.endswith("\n") else t + "\n" for t in heads]
         base = scorer.token_nll([query])[0].mean_nll
         scores = scorer.token_nll(texts, suffixes=query)
         ppl0 = math.exp(min(base, 50.0))
-        for (d, c), s in zip(items, scores, strict=True):
+        for (d, c), s, w, t in zip(items, scores, whole, texts, strict=True):
             m = s.suffix_mean_nll
             out[d][c] = ppl0 - math.exp(min(m, 50.0)) if math.isfinite(m) else -np.inf
+            if plain is not None and t == w:
+                plain[(d, c)] = s
         return out
+
+    @staticmethod
+    def _pin(cfg: Any, docs: list[_Doc], budget: int) -> dict[str, int]:
+        """Mark the lines every selection keeps, on top of the protected ones (``doc.protected``):
+
+        * the *tail*: the last lines of the last document, the code right before the completion point, within
+          ``tail_ratio * budget`` target tokens. Lines of a function are pinned one by one (the fine stage keeps
+          them, the function's signature and the statement headers around them); a class header or top-level
+          code chunk only whole, and only when it fits what is left.
+        * the top-level import statements of the last document, within ``import_ratio * budget``: the top-level
+          code chunks holding them, nearest the completion point first, each only when it fits what is left.
+        """
+        last = next((i for i in range(len(docs) - 1, -1, -1) if docs[i].layout.lines), None)
+        stats = {"tail_lines": 0, "tail_tokens": 0, "import_lines": 0, "import_tokens": 0}
+        if last is None:
+            return stats
+        doc = docs[last]
+        lay = doc.layout
+        doc.pinned = np.zeros(len(lay.lines), dtype=bool)
+        chunk_of = np.zeros(len(lay.lines), dtype=np.int64)
+        for c in lay.chunks:
+            chunk_of[c.first : c.last + 1] = c.index
+        room = cfg.tail_ratio * budget
+        i = len(lay.lines) - 1
+        head_end: dict[int, int] = {}  # function chunk -> first line of its body (its head is charged once)
+        while i >= 0 and room > 0:
+            c = lay.chunks[int(chunk_of[i])]
+            if c.kind == "function" and c.body is not None:
+                if c.index not in head_end:
+                    # a pinned statement keeps the function's head (comments above, decorators, signature)
+                    end = min([n.first for n in c.body.children if n.first > c.first] + [i + 1])
+                    head = float(doc.line_cost[c.first : end].sum())
+                    if head > room:
+                        break
+                    room -= head
+                    head_end[c.index] = end
+                if i >= head_end[c.index]:
+                    cost = float(doc.line_cost[i])
+                    if cost > room:
+                        break
+                    room -= cost
+                doc.pinned[i] = True
+                stats["tail_lines"] += 1
+                i -= 1
+                continue
+            cost = float(doc.line_cost[c.first : i + 1].sum())
+            if cost > room:
+                break
+            doc.pinned[c.first : i + 1] = True
+            room -= cost
+            stats["tail_lines"] += i + 1 - c.first
+            i = c.first - 1
+        stats["tail_tokens"] = int(round(cfg.tail_ratio * budget - room))
+        room = cfg.import_ratio * budget
+        if room > 0 and lay.language in _IMPORTS:
+            rx = _IMPORTS[lay.language]
+            rows = [i for i, line in enumerate(lay.lines)
+                    if line[:1] not in (" ", "\t") and not lay.trivia[i] and rx.match(line)]
+            for i in reversed(rows):  # nearest the completion point first
+                c = lay.chunks[int(chunk_of[i])]
+                if c.kind != "code" or c.parent is not None:
+                    continue
+                kept = doc.kept[c.first : c.last + 1]
+                if not kept.all():
+                    cost = float(doc.line_cost[c.first : c.last + 1][~kept].sum())
+                    if cost > room:
+                        continue
+                    doc.pinned[c.first : c.last + 1] = True
+                    room -= cost
+                stats["import_lines"] += 1
+            stats["import_tokens"] = int(round(cfg.import_ratio * budget - room))
+        return stats
 
     # -------------------------------------------------------------------------------------------- fine stage
 
@@ -335,9 +473,15 @@ class CodeZipCompressor(BaseCompressor):
             if nxt.size and int(nxt[0]) in starts_at:
                 owner[r] = starts_at[int(nxt[0])]
         own = [np.flatnonzero(owner == k) + ch.first for k in range(len(nodes))]
-        forced = np.array([k == 0 or n.is_return for k, n in enumerate(nodes)], dtype=bool)
-        prot_rows = np.flatnonzero(doc.protected[ch.first : ch.last + 1])
-        forced[np.unique(owner[prot_rows])] = True
+        base = np.array([k == 0 or n.is_return for k, n in enumerate(nodes)], dtype=bool)
+        base[np.unique(owner[np.flatnonzero(doc.protected[ch.first : ch.last + 1])])] = True
+        pin_nodes = np.zeros(len(nodes), dtype=bool)
+        pin_nodes[np.unique(owner[np.flatnonzero(doc.kept[ch.first : ch.last + 1])])] = True
+        pin_nodes &= ~base
+        for k in range(len(nodes) - 1, 0, -1):
+            if base[k]:
+                base[parent[k]] = True
+        forced = base | pin_nodes
         for k in range(len(nodes) - 1, 0, -1):
             if forced[k]:
                 forced[parent[k]] = True
@@ -388,7 +532,7 @@ class CodeZipCompressor(BaseCompressor):
             block_value[b] = gain[ks].sum()
         forced_cost = float(cost[forced].sum())
         return _Func(d, ci, ch.first, nodes, parent, own, forced, blocks, block_cost, block_value, forced_cost,
-                     cost, gain)
+                     cost, gain, base, pin_nodes)
 
 
     @staticmethod
@@ -588,8 +732,10 @@ class CodeZipCompressor(BaseCompressor):
         timings["load_s"] = time.perf_counter() - t0
         layouts = [d.layout for d in docs]
         query = self._tail_tokens(scorer, self._query(request, layouts), cfg.max_query_tokens)
+        pins = self._pin(cfg, docs, budget)
         t0 = time.perf_counter()
-        scores = self._coarse_scores(scorer, cfg, docs, query)
+        plain: dict[tuple[int, int], Any] = {}
+        scores = self._coarse_scores(scorer, cfg, docs, query, plain)
         timings["coarse_s"] = time.perf_counter() - t0
         marker_cost = float(counter.count("    # ...\n"))
         sep_cost = float(counter.count(DOC_SEPARATOR))
@@ -624,11 +770,16 @@ class CodeZipCompressor(BaseCompressor):
 
         warnings: list[str] = []
         spent = 0.0
-        # protected lines: their chunks are always kept
+        # protected and pinned lines: their chunks are always kept. A function that is in only for some of its
+        # lines is charged those lines (the fine stage elides the rest), so pins do not crowd out the ranking.
         for di, doc in enumerate(docs):
             for c in doc.layout.chunks:
-                if doc.protected[c.first : c.last + 1].any() and not chunk_keep[di][c.index]:
-                    spent += extra_cost(di, c.index)
+                kept = doc.kept[c.first : c.last + 1]
+                if kept.any() and not chunk_keep[di][c.index]:
+                    cost = extra_cost(di, c.index)
+                    if c.kind == "function" and c.body is not None and c.n_lines >= cfg.min_fine_lines:
+                        cost -= float(doc.chunk_cost[c.index] - doc.line_cost[c.first : c.last + 1][kept].sum())
+                    spent += cost
                     take(di, c.index)
         order = sorted(((float(scores[di][ci]), di, int(ci)) for di, d in enumerate(docs)
                         for ci in np.flatnonzero(d.scoreable)), key=lambda t: (-t[0], t[1], t[2]))
@@ -654,7 +805,7 @@ class CodeZipCompressor(BaseCompressor):
         fine_total = budget - fixed - marker_cost * (n_markers + 1) - sep_cost * len(docs)
         exact_all = True
         if cand and fine_total < cand_cost.sum():
-            funcs.update(self._plan_many(cfg, scorer, docs, cand, query, scores))
+            funcs.update(self._plan_many(cfg, scorer, docs, cand, query, scores, plain))
             plist = list(funcs.values())
             pcost = np.array([docs[f.doc].chunk_cost[f.chunk] for f in plist])
             # each elided block run adds a marker: reserve about one per two blocks
@@ -713,13 +864,14 @@ class CodeZipCompressor(BaseCompressor):
                 break
             if got > budget:
                 need = got - budget
-                if not self._trim(docs, funcs, chunk_keep, scores, need, footers):
+                if not self._trim(docs, funcs, chunk_keep, scores, need, footers) \
+                        and not self._release_pins(docs, funcs, chunk_keep, need):
                     break
             else:
                 room = budget - got
                 if not self._grow(docs, funcs, chunk_keep, scores, room, marker_cost, extra_cost, take):
                     if not self._grow_partial(cfg, scorer, docs, funcs, chunk_keep, scores, room, query,
-                                              extra_cost, take, no_fine):
+                                              extra_cost, take, no_fine, plain):
                         break
             texts, spans, got, markers = render_all()
             if abs(got - budget) < best[0]:
@@ -740,18 +892,22 @@ class CodeZipCompressor(BaseCompressor):
             "knapsack_exact": exact_all,
             "coarse_budget": coarse_budget,
             "query_chars": len(query),
+            **pins,
             **timings,
         }
         return texts, spans, warnings, details
 
     def _plan_many(self, cfg: Any, scorer: Any, docs: list[_Doc], items: list[tuple[int, int]], query: str,
-                   scores: list[np.ndarray]) -> dict[tuple[int, int], _Func]:
-        """Fine-stage plans of function chunks: one unconditioned and one query-conditioned pass each."""
+                   scores: list[np.ndarray], plain: dict[tuple[int, int], Any]) -> dict[tuple[int, int], _Func]:
+        """Fine-stage plans of function chunks: one unconditioned pass (reused from the coarse stage where it
+        scored the whole chunk) and one query-conditioned pass each."""
         out: dict[tuple[int, int], _Func] = {}
         if not items:
             return out
         texts = [docs[di].layout.chunk_text(ci) for di, ci in items]
-        unc = scorer.token_nll(texts)
+        todo = [k for k, key in enumerate(items) if key not in plain]
+        fresh = dict(zip(todo, scorer.token_nll([texts[k] for k in todo]), strict=True)) if todo else {}
+        unc = [fresh[k] if k in fresh else plain[key] for k, key in enumerate(items)]
         cond = scorer.token_nll(texts, prefixes=query + "\n\n") if query else unc
         for k, (di, ci) in enumerate(items):
             f = self._plan_function(cfg, docs[di], di, ci, (unc[k].starts, unc[k].nll.astype(np.float64)),
@@ -763,7 +919,7 @@ class CodeZipCompressor(BaseCompressor):
 
     def _grow_partial(self, cfg: Any, scorer: Any, docs: list[_Doc], funcs: dict[tuple[int, int], _Func],
                       chunk_keep: list[np.ndarray], scores: list[np.ndarray], room: float, query: str,
-                      extra_cost: Any, take: Any, no_fine: set[int]) -> bool:
+                      extra_cost: Any, take: Any, no_fine: set[int], plain: dict[tuple[int, int], Any]) -> bool:
         """No whole chunk fits: add the best elided function in part (its signature, returns, best blocks)."""
         order = sorted(((float(scores[di][ci]), di, int(ci)) for di, d in enumerate(docs)
                         for ci in np.flatnonzero(d.scoreable & ~chunk_keep[di])
@@ -772,7 +928,7 @@ class CodeZipCompressor(BaseCompressor):
                        key=lambda t: -t[0])
         for _s, di, ci in order[:8]:
             key = (di, ci)
-            f = funcs.get(key) or self._plan_many(cfg, scorer, docs, [key], query, scores).get(key)
+            f = funcs.get(key) or self._plan_many(cfg, scorer, docs, [key], query, scores, plain).get(key)
             if f is None:
                 continue
             overhead = extra_cost(di, ci) - docs[di].chunk_cost[ci]  # headers, marker, separator
@@ -787,11 +943,14 @@ class CodeZipCompressor(BaseCompressor):
     @staticmethod
     def _trim(docs: list[_Doc], funcs: dict[tuple[int, int], _Func], chunk_keep: list[np.ndarray],
               scores: list[np.ndarray], need: float, footers: list[dict[int, int]]) -> bool:
-        """Drop the least valuable kept blocks (then whole chunks) worth about ``need`` tokens."""
+        """Drop the least valuable kept blocks (then whole chunks) worth about ``need`` tokens. Pinned tail and
+        import statements are released (earliest first) only after every other item of about the right size."""
         cands: list[tuple[float, float, Any]] = []
         for f in funcs.values():
             if not chunk_keep[f.doc][f.chunk]:
                 continue
+            for k in np.flatnonzero(f.pin_nodes).tolist():
+                cands.append((2.0, float(f.nodes[k].first), ("pin", f, k, f.node_cost[k])))
             for k in f.extra:
                 cands.append((-1.0, f.node_gain[k] / max(f.node_cost[k], 1.0), ("stmt", f, k, f.node_cost[k])))
             for b in f.selected:
@@ -800,7 +959,7 @@ class CodeZipCompressor(BaseCompressor):
         for di, doc in enumerate(docs):
             for ci in np.flatnonzero(chunk_keep[di]):
                 c = doc.layout.chunks[ci]
-                if c.kind not in ("function", "code") or doc.protected[c.first : c.last + 1].any():
+                if c.kind not in ("function", "code") or doc.kept[c.first : c.last + 1].any():
                     continue
                 cands.append((1.0, float(scores[di][ci]), ("chunk", di, int(ci), float(doc.chunk_cost[ci]))))
         if not cands:
@@ -818,7 +977,15 @@ class CodeZipCompressor(BaseCompressor):
                 continue
             if item[0] == "chunk" and not chunk_keep[item[1]][item[2]]:
                 continue
-            if item[0] == "stmt":
+            if item[0] == "pin":
+                _, f, k, _cost = item
+                if not f.pin_nodes[k]:
+                    continue
+                before = f.forced_cost
+                f.release_pin(k)
+                docs[f.doc].pinned[f.own[k]] = False
+                removed += max(0.0, before - f.forced_cost)
+            elif item[0] == "stmt":
                 _, f, k, cost = item
                 f.extra.discard(k)
                 removed += cost
@@ -838,6 +1005,39 @@ class CodeZipCompressor(BaseCompressor):
                         if h in footers[di]:
                             chunk_keep[di][footers[di][h]] = False
         return removed > 0
+
+    @staticmethod
+    def _release_pins(docs: list[_Doc], funcs: dict[tuple[int, int], _Func], chunk_keep: list[np.ndarray],
+                      need: float) -> bool:
+        """Over budget with nothing left to trim: stop pinning tail and import lines, earliest first, until about
+        ``need`` tokens are freed (the caller's protected lines stay)."""
+        freed = 0.0
+        for di, doc in enumerate(docs):
+            if doc.pinned.shape != doc.protected.shape or not doc.pinned.any():
+                continue
+            lay = doc.layout
+            for c in lay.chunks:
+                if freed >= need:
+                    return True
+                if not doc.pinned[c.first : c.last + 1].any():
+                    continue
+                f = funcs.get((di, c.index))
+                if f is not None:
+                    for k in sorted(np.flatnonzero(f.pin_nodes).tolist(), key=lambda j: f.nodes[j].first):
+                        if freed >= need:
+                            break
+                        before = f.forced_cost
+                        f.release_pin(k)
+                        doc.pinned[f.own[k]] = False
+                        freed += max(0.0, before - f.forced_cost)
+                    if f.pin_nodes.any():
+                        continue
+                doc.pinned[c.first : c.last + 1] = False
+                if f is None and chunk_keep[di][c.index] and c.kind in ("function", "code") \
+                        and not doc.protected[c.first : c.last + 1].any():
+                    chunk_keep[di][c.index] = False
+                    freed += float(doc.chunk_cost[c.index])
+        return freed > 0
 
     @staticmethod
     def _grow(docs: list[_Doc], funcs: dict[tuple[int, int], _Func], chunk_keep: list[np.ndarray],

@@ -1,34 +1,47 @@
-"""``gemfilter``: keep the context tokens an early layer of a small causal LM attends to from the question.
+"""``gemfilter``: keep the context an early layer of a small causal LM attends to from the question.
 
 GemFilter (Shi et al., 2024, "Discovering the Gems in Early Layers") runs only the first ``r + 1`` decoder layers
 of a causal LM on ``context + question``. At layer ``r`` it takes the query of the *last* position (the end of the
 question) and every key, after the rotary embedding and the model's q/k norms, sums the attention logits over the
 query heads (grouped-query attention aware), smooths them with a width-5 mean filter and keeps the best tokens in
-their original order.
+their original order. ``weights="logit", queries=1, sentence=0`` is exactly that.
+
+The compressor's defaults differ in two measured ways (``docs/benchmarks/gemfilter.md``; with SmolLM2-135M the
+paper's score finds a needle at no layer before 21, and at 21 in 0.80 of short rows):
+
+* ``queries=0, weights="softmax"``: every token of the question frame votes, with its attention *probabilities*
+  (per head and query, causal, over the whole window) summed over heads and queries -- SnapKV's
+  observation-window vote with the question as the window. Summed logits let a few large-norm heads dominate;
+  probabilities give each head and query one unit of mass.
+* ``sentence=1.0``: a word's score is the best word score of its sentence (``units.sentence``), so the selector
+  keeps the sentences that hold the most attended words whole instead of scattering the budget over single words
+  (``answer_recall`` needs the answer string intact).
 
 How this module does it, for any Hugging Face decoder whose attention modules take ``hidden_states`` and
 ``position_embeddings`` (Llama, SmolLM2, Gemma-3, Qwen, Mistral, ...):
 
 * a forward *pre-hook* on ``layers[r].self_attn`` receives the layer's normalised hidden states and rotary
-  ``(cos, sin)``; it projects the keys of all positions and the query of the last one with the module's own
-  ``q_proj``/``k_proj``/``q_norm``/``k_norm`` and the model's own ``apply_rotary_pos_emb``, scores them with
-  :func:`ctxzip.kernels.last_query_scores` (Triton on CUDA) and raises a private exception that ends the forward
-  pass there: layers ``r..L-1`` and the LM head never run. No model class is patched; the hook is removed after
-  the call and ignores forward passes of other threads sharing the model.
+  ``(cos, sin)``; it projects the keys of all positions and the queries of the last ones with the module's own
+  ``q_proj``/``k_proj``/``q_norm``/``k_norm`` and the model's own ``apply_rotary_pos_emb``, scores the context
+  keys (``logit``: through :func:`ctxzip.kernels.last_query_scores`, Triton on CUDA, with the summed query;
+  ``softmax``: one ``[heads, queries, T]`` probability block) and raises a private exception that ends the
+  forward pass there: layers ``r..L-1`` and the LM head never run, and no ``T x T`` attention matrix is built
+  beyond what layers ``0..r-1`` compute anyway. No model class is patched; the hook is removed after the call and
+  ignores forward passes of other threads sharing the model.
 * contexts longer than a window (``max_window`` tokens, at most the model's context length) are cut into equal
-  consecutive windows; each window is scored on its own as ``[BOS] + window + question`` so its last query is
-  always the question's. Scores of different windows are the same kind of number (summed logits at the same
-  layer) and are ranked together.
+  consecutive windows; each window is scored on its own as ``[BOS] + window + question`` so its queries are
+  always the question's. Scores of different windows are the same kind of number and are ranked together.
 * token scores become scores of ctxzip's word units with :func:`ctxzip.units.reduce_by_units` (``pool``: ``mean``
-  of its tokens by default, measured slightly better than ``max`` at the chosen layer), so the budget (target-LLM tokens), protected
-  spans and the subsequence guarantee come from the core selector.
+  of its tokens by default), lifted to sentences (:func:`sentence_lift`), so the budget (target-LLM tokens),
+  protected spans and the subsequence guarantee come from the core selector.
 
 :meth:`GemFilterCompressor.inspect` returns the pure token-level selection (top-k model tokens, their ids and
-scores) for inspection and for local generation (:mod:`ctxzip.gemfilter_generate`).
+scores, with the configured ``queries``/``weights``) for inspection and for local generation
+(:mod:`ctxzip.gemfilter_generate`).
 
 Layer defaults (:data:`DEFAULT_LAYERS`) come from the sweep recorded in ``docs/benchmarks/gemfilter.md``. For
 models whose config declares ``layer_types`` (Gemma-3) the layer must be a ``full_attention`` one: a
-sliding-window layer's last query cannot see most of the context.
+sliding-window layer's queries cannot see most of the context.
 """
 
 from __future__ import annotations
@@ -62,13 +75,17 @@ __all__ = [
     "full_attention_layers",
     "default_layer",
     "layer_scores",
+    "layer_queries_and_keys",
     "score_context",
     "frame_ids",
     "select_top_k",
+    "sentence_lift",
+    "qk_scores",
+    "attention_scale",
 ]
 
 #: Selection layer per shipped model, from the sweep in docs/benchmarks/gemfilter.md.
-DEFAULT_LAYERS: dict[str, int] = {"smollm2-135m": 21, "gemma-3-270m": 11}
+DEFAULT_LAYERS: dict[str, int] = {"smollm2-135m": 18, "gemma-3-270m": 11}
 
 #: How the question follows the context in the scoring prompt (its last token is the scoring query).
 QUESTION_TEMPLATE = "\n\nQuestion: {question}\nAnswer:"
@@ -135,8 +152,8 @@ def _per_head_norm(norm: Any, x: Any, heads: int, head_dim: int) -> Any:
     return norm(x)
 
 
-def _last_query_and_keys(attn: Any, hidden: Any, position_embeddings: Any) -> tuple[Any, Any]:
-    """Post-norm, post-RoPE query of the last position ``[Hq, D]`` and keys ``[Hkv, T, D]`` of one window."""
+def _queries_and_keys(attn: Any, hidden: Any, position_embeddings: Any, queries: int) -> tuple[Any, Any]:
+    """Post-norm, post-RoPE queries of the last ``queries`` positions ``[Hq, m, D]`` and keys ``[Hkv, T, D]``."""
     if hidden is None or hidden.dim() != 3 or hidden.shape[0] != 1:
         raise ModelError("gemfilter expects the attention input as one sequence [1, T, hidden]")
     if position_embeddings is None:
@@ -149,60 +166,132 @@ def _last_query_and_keys(attn: Any, hidden: Any, position_embeddings: Any) -> tu
         raise ModelError(f"the module of {type(attn).__name__} defines no apply_rotary_pos_emb")
     head_dim = int(attn.head_dim)
     num_pos = hidden.shape[1]
-    q = attn.q_proj(hidden[:, -1:]).view(1, 1, -1, head_dim)  # [1, 1, Hq, D]
+    m = max(1, min(int(queries), num_pos))
+    q = attn.q_proj(hidden[:, -m:]).view(1, m, -1, head_dim)  # [1, m, Hq, D]
     k = attn.k_proj(hidden).view(1, num_pos, -1, head_dim)  # [1, T, Hkv, D]
     if getattr(attn, "q_norm", None) is not None:
         q = _per_head_norm(attn.q_norm, q, q.shape[2], head_dim)
     if getattr(attn, "k_norm", None) is not None:
         k = _per_head_norm(attn.k_norm, k, k.shape[2], head_dim)
-    q = q.transpose(1, 2)  # [1, Hq, 1, D]
+    q = q.transpose(1, 2)  # [1, Hq, m, D]
     k = k.transpose(1, 2)  # [1, Hkv, T, D]
     cos, sin = position_embeddings
-    q, _ = rope(q, q, cos[:, -1:], sin[:, -1:])
+    q, _ = rope(q, q, cos[:, -m:], sin[:, -m:])
     k, _ = rope(k, k, cos, sin)
-    return q[0, :, 0, :], k[0]
+    return q[0], k[0]
 
 
-def _window_scores(attn: Any, hidden: Any, position_embeddings: Any, smooth: int) -> Any:
-    """Smoothed last-query logits summed over heads, float32 ``[T]``."""
+def _smooth(raw: Any, smooth: int) -> Any:
     torch = require("torch", feature="gemfilter")
-    q_last, keys = _last_query_and_keys(attn, hidden, position_embeddings)
-    scale = float(getattr(attn, "scaling", 1.0 / math.sqrt(q_last.shape[-1])))
-    cap = getattr(getattr(attn, "config", None), "attn_logit_softcapping", None)
-    if cap:
-        # soft-capped logits are not linear in q: sum the capped per-head logits, then smooth
-        group = q_last.shape[0] // keys.shape[0]
-        logits = torch.einsum("kgd,ktd->kgt", q_last.float().view(keys.shape[0], group, -1), keys.float()) * scale
-        raw = (torch.tanh(logits / cap) * cap).sum(dim=(0, 1))
-        if smooth == 1:
-            return raw
-        return torch.nn.functional.avg_pool1d(
-            raw.view(1, 1, -1), kernel_size=smooth, stride=1, padding=smooth // 2, count_include_pad=True
-        ).view(-1)
-    from ctxzip.kernels import last_query_scores
-
-    return last_query_scores(q_last, keys, smooth=smooth, scale=scale)
+    if smooth == 1 or raw.numel() == 0:
+        return raw
+    return torch.nn.functional.avg_pool1d(
+        raw.view(1, 1, -1), kernel_size=smooth, stride=1, padding=smooth // 2, count_include_pad=True
+    ).view(-1)
 
 
-def layer_scores(model: Any, input_ids: Any, layers: Sequence[int], *, smooth: int = 5) -> dict[int, Any]:
-    """Run ``model`` on one sequence only up to ``max(layers)`` and return each layer's smoothed scores ``[T]``.
+#: Upper bound on logits held at once by the ``softmax`` weighting (query chunks are scored in turn).
+_SOFTMAX_CHUNK = 1 << 24
 
-    ``input_ids`` is a ``[1, T]`` (or ``[T]``) tensor. The forward pass stops inside ``layers[max(layers)]``
-    before its attention runs; nothing of the model is changed.
+
+def qk_scores(
+    q: Any,
+    keys: Any,
+    *,
+    scale: float,
+    smooth: int = 5,
+    weights: str = "logit",
+    span: tuple[int, int] | None = None,
+    softcap: float | None = None,
+) -> Any:
+    """Scores of the key positions ``span`` (default: all) from the queries of the *last* ``m`` positions.
+
+    ``q``: ``[Hq, m, D]``, ``keys``: ``[Hkv, T, D]``, both after the rotary embedding (``Hq`` a multiple of
+    ``Hkv``). ``logit``: attention logits summed over query heads and queries (the paper's score for one query; the
+    sum over queries is the logit of the summed query, so it runs through :func:`ctxzip.kernels.last_query_scores`;
+    keys after a query are not masked, so keep ``span`` before the queries). ``softmax``: each head's and query's
+    attention probabilities over the keys it sees (causal), summed (SnapKV's observation-window vote, with the
+    question as the window). Both are then smoothed within ``span``. Returns float32 ``[b - a]``.
     """
     torch = require("torch", feature="gemfilter")
+    num_kv, num_pos, dim = keys.shape
+    a, b = (0, num_pos) if span is None else (int(span[0]), int(span[1]))
+    num_q, m = q.shape[0], q.shape[1]
+    group = num_q // num_kv
+    if weights == "logit" and not softcap:
+        from ctxzip.kernels import last_query_scores
+
+        return last_query_scores(q.sum(dim=1), keys[:, a:b], smooth=smooth, scale=scale)
+    qg = q.float().reshape(num_kv, group, m, dim)
+    kf = keys.float()
+    total = torch.zeros(num_pos, dtype=torch.float32, device=keys.device)
+    step = max(1, _SOFTMAX_CHUNK // max(1, num_q * num_pos))
+    for j in range(0, m, step):
+        logits = torch.einsum("kgmd,ktd->kgmt", qg[:, :, j : j + step], kf) * scale  # [Hkv, g, c, T]
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        if weights == "logit":
+            total += logits.sum(dim=(0, 1, 2))
+            continue
+        qpos = num_pos - m + j + torch.arange(logits.shape[2], device=keys.device)
+        hidden_keys = torch.arange(num_pos, device=keys.device)[None, :] > qpos[:, None]  # causal mask [c, T]
+        logits = logits.masked_fill(hidden_keys, float("-inf"))
+        total += torch.softmax(logits, dim=-1).sum(dim=(0, 1, 2))
+    return _smooth(total[a:b], smooth)
+
+
+def attention_scale(attn: Any) -> tuple[float, float | None]:
+    """``(logit scale, soft cap or None)`` of an attention module."""
+    scale = float(getattr(attn, "scaling", 1.0 / math.sqrt(int(attn.head_dim))))
+    return scale, getattr(getattr(attn, "config", None), "attn_logit_softcapping", None)
+
+
+def _window_scores(
+    attn: Any,
+    hidden: Any,
+    position_embeddings: Any,
+    smooth: int,
+    queries: int = 1,
+    weights: str = "logit",
+    span: tuple[int, int] | None = None,
+) -> Any:
+    """:func:`qk_scores` of one attention module's input (the hook's work)."""
+    q, keys = _queries_and_keys(attn, hidden, position_embeddings, queries)
+    scale, cap = attention_scale(attn)
+    return qk_scores(q, keys, scale=scale, smooth=smooth, weights=weights, span=span, softcap=cap)
+
+
+_WEIGHTS = ("logit", "softmax")
+
+
+def _check_scoring(smooth: Any, queries: Any, weights: Any) -> None:
+    if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1 or smooth % 2 == 0:
+        raise ConfigError(f"gemfilter: smooth must be an odd int >= 1 (1 = none), got {smooth!r}")
+    if isinstance(queries, bool) or not isinstance(queries, int) or queries < 0:
+        raise ConfigError(f"gemfilter: queries must be an int >= 0 (0 = every question token), got {queries!r}")
+    if weights not in _WEIGHTS:
+        raise ConfigError(f"gemfilter: weights must be one of {', '.join(_WEIGHTS)}, got {weights!r}")
+
+
+def _checked_ids(model: Any, input_ids: Any, layers: Sequence[int]) -> tuple[Any, list[int]]:
     if not layers:
-        raise ConfigError("gemfilter: layer_scores needs at least one layer")
+        raise ConfigError("gemfilter: at least one layer is needed")
     all_layers = decoder_layers(model)
     wanted = sorted({int(r) for r in layers})
     for r in wanted:
         if not 0 <= r < len(all_layers):
             raise ConfigError(f"gemfilter: layer {r} is outside [0, {len(all_layers) - 1}]")
-    if isinstance(smooth, bool) or not isinstance(smooth, int) or smooth < 1 or smooth % 2 == 0:
-        raise ConfigError(f"gemfilter: smooth must be an odd int >= 1, got {smooth!r}")
     ids = input_ids if input_ids.dim() == 2 else input_ids.view(1, -1)
     if ids.shape[0] != 1 or ids.shape[1] < 1:
         raise InputError(f"gemfilter: input_ids must hold one non-empty sequence, got shape {tuple(ids.shape)}")
+    return ids, wanted
+
+
+def _run_to_layers(model: Any, ids: Any, wanted: list[int], work: Any) -> dict[int, Any]:
+    """Forward ``ids`` until the attention of layer ``max(wanted)``; ``work(attn, hidden, (cos, sin))`` runs on
+    the attention input of each wanted layer and its results are returned by layer."""
+    torch = require("torch", feature="gemfilter")
+    all_layers = decoder_layers(model)
     owner = threading.get_ident()
     stop_at = wanted[-1]
     out: dict[int, Any] = {}
@@ -213,7 +302,7 @@ def layer_scores(model: Any, input_ids: Any, layers: Sequence[int], *, smooth: i
             if threading.get_ident() != owner:
                 return
             hidden = kwargs.get("hidden_states", args[0] if args else None)
-            out[r] = _window_scores(module, hidden, kwargs.get("position_embeddings"), smooth)
+            out[r] = work(module, hidden, kwargs.get("position_embeddings"))
             if r == stop_at:
                 raise _StopForward
 
@@ -233,6 +322,48 @@ def layer_scores(model: Any, input_ids: Any, layers: Sequence[int], *, smooth: i
     if missing:
         raise ModelError(f"gemfilter: the hooks on layers {missing} never ran; is this a decoder-only model?")
     return out
+
+
+def layer_scores(
+    model: Any,
+    input_ids: Any,
+    layers: Sequence[int],
+    *,
+    smooth: int = 5,
+    queries: int = 1,
+    weights: str = "logit",
+    span: tuple[int, int] | None = None,
+) -> dict[int, Any]:
+    """Run ``model`` on one sequence only up to ``max(layers)`` and return each layer's smoothed scores.
+
+    ``input_ids`` is a ``[1, T]`` (or ``[T]``) tensor. The scores cover the positions ``span`` (``[a, b)``,
+    default all ``T``) and come from the last ``queries`` positions (``0``: all of them) weighted by
+    ``weights`` (see :func:`qk_scores`; the defaults are the paper's last-query logits). The forward pass
+    stops inside ``layers[max(layers)]`` before its attention runs; nothing of the model is changed.
+    """
+    ids, wanted = _checked_ids(model, input_ids, layers)
+    _check_scoring(smooth, queries, weights)
+    num_pos = int(ids.shape[1])
+    if span is not None and not 0 <= int(span[0]) <= int(span[1]) <= num_pos:
+        raise InputError(f"gemfilter: span {tuple(span)} is outside the {num_pos}-token sequence")
+    m = num_pos if queries == 0 else queries
+    return _run_to_layers(model, ids, wanted,
+                          lambda attn, hidden, pe: _window_scores(attn, hidden, pe, smooth, m, weights, span))
+
+
+def layer_queries_and_keys(model: Any, input_ids: Any, layers: Sequence[int], queries: int) -> dict[int, tuple]:
+    """Like :func:`layer_scores`, but return each layer's raw material for :func:`qk_scores`:
+    ``(q [Hq, queries, D], keys [Hkv, T, D], scale, softcap)`` after the rotary embedding and q/k norms.
+    For sweeps that compare several scorings of one forward pass."""
+    ids, wanted = _checked_ids(model, input_ids, layers)
+    if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
+        raise ConfigError(f"gemfilter: queries must be an int >= 1, got {queries!r}")
+
+    def work(attn: Any, hidden: Any, pe: Any) -> tuple:
+        q, keys = _queries_and_keys(attn, hidden, pe, queries)
+        return (q, keys, *attention_scale(attn))
+
+    return _run_to_layers(model, ids, wanted, work)
 
 
 # ---------------------------------------------------------------------------------------------- windows
@@ -305,9 +436,17 @@ def score_context(
     smooth: int = 5,
     max_window: int = 8192,
     template: str = "plain",
+    queries: int = 1,
+    weights: str = "logit",
 ) -> ContextScores:
-    """Score every model token of ``context`` at each of ``layers`` (one early-exit pass per window)."""
+    """Score every model token of ``context`` at each of ``layers`` (one early-exit pass per window).
+
+    ``queries``: how many of the last positions (the question frame's end) vote; ``0`` = every token of the
+    question frame. ``weights``: ``logit`` or ``softmax`` (see :func:`qk_scores`). The defaults are the
+    paper's (the last query's summed logits); the compressor's defaults are in :class:`GemFilterCompressor.Config`.
+    """
     torch = require("torch", feature="gemfilter")
+    _check_scoring(smooth, queries, weights)
     started = time.perf_counter()
     enc = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
@@ -323,9 +462,10 @@ def score_context(
     scores = {int(r): np.zeros(ids.size, dtype=np.float64) for r in layers}
     for a, b in windows:
         seq = torch.from_numpy(np.concatenate([prefix, ids[a:b], query])).view(1, -1)
-        per_layer = layer_scores(model, seq, layers, smooth=smooth)
+        per_layer = layer_scores(model, seq, layers, smooth=smooth, queries=queries or int(query.size),
+                                 weights=weights, span=(int(prefix.size), int(prefix.size) + (b - a)))
         for r, s in per_layer.items():
-            scores[r][a:b] = s[prefix.size : prefix.size + (b - a)].double().cpu().numpy()
+            scores[r][a:b] = s.double().cpu().numpy()
     return ContextScores(
         context=context,
         token_ids=ids,
@@ -432,11 +572,27 @@ def _unit_scores(units: Units, starts: np.ndarray, ends: np.ndarray, scores: np.
     return out
 
 
+def sentence_lift(units: Units, scores: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * word score + weight * best word score of its sentence`` (``units.sentence``).
+
+    With ``weight=1`` whole sentences are ranked by their best word, and the selector keeps them whole (ties
+    keep the original order, so a sentence cut by the budget loses its end). Token-level attention alone
+    scatters the budget over the best words of many sentences and often breaks the answer apart.
+    """
+    if weight == 0.0 or scores.size == 0:
+        return scores
+    sid = np.asarray(units.sentence, dtype=np.int64)
+    best = np.full(int(sid.max()) + 1, -np.inf)
+    np.maximum.at(best, sid, scores)
+    lifted = best[sid]
+    return lifted if weight == 1.0 else (1.0 - weight) * scores + weight * lifted
+
+
 @register("gemfilter")
 class GemFilterCompressor(BaseCompressor):
     """Early-layer last-query attention (GemFilter) scoring of word units. See the module docstring."""
 
-    version = "1"
+    version = "2"
     question_aware = True
 
     @dataclasses.dataclass(frozen=True)
@@ -444,7 +600,10 @@ class GemFilterCompressor(BaseCompressor):
         model: str = "smollm2-135m"
         layer: int | None = None  # None: DEFAULT_LAYERS for shipped models, else see default_layer()
         smooth: int = 5
-        pool: str = "mean"  # token scores -> word score (mean measured >= max at layers 21-23)
+        queries: int = 0  # last positions whose attention votes: 0 = every question token, 1 = the paper's last
+        weights: str = "softmax"  # "softmax": summed attention probabilities; "logit": the paper's summed logits
+        pool: str = "mean"  # token scores -> word score
+        sentence: float = 1.0  # weight of the sentence's best word score in each word's score (0 = words alone)
         max_window: int = 8192  # tokens per forward pass (clipped to the model's context length)
         template: str = "plain"  # how context and question are framed: "plain" or "chat" (see frame_ids)
         dtype: str = "float32"
@@ -456,9 +615,10 @@ class GemFilterCompressor(BaseCompressor):
             if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int)
                                            or self.layer < 0):
                 raise ConfigError(f"gemfilter: layer must be None or a non-negative int, got {self.layer!r}")
-            if isinstance(self.smooth, bool) or not isinstance(self.smooth, int) or self.smooth < 1 \
-                    or self.smooth % 2 == 0:
-                raise ConfigError(f"gemfilter: smooth must be an odd int >= 1 (1 = none), got {self.smooth!r}")
+            _check_scoring(self.smooth, self.queries, self.weights)
+            if isinstance(self.sentence, bool) or not isinstance(self.sentence, (int, float)) \
+                    or not 0.0 <= self.sentence <= 1.0:
+                raise ConfigError(f"gemfilter: sentence must be a weight in [0, 1], got {self.sentence!r}")
             if self.template not in _TEMPLATES:
                 raise ConfigError(f"gemfilter: template must be one of {', '.join(_TEMPLATES)}, got {self.template!r}")
             if self.pool not in _POOLS:
@@ -489,7 +649,7 @@ class GemFilterCompressor(BaseCompressor):
         layer = self._layer(cfg, lm)
         window = min(cfg.max_window, lm.max_length)
         cs = score_context(lm.model, lm.tokenizer, context, question, [layer], smooth=cfg.smooth,
-                           max_window=window, template=cfg.template)
+                           max_window=window, template=cfg.template, queries=cfg.queries, weights=cfg.weights)
         return lm, layer, cs
 
     # ------------------------------------------------------------------ inspection
@@ -527,8 +687,9 @@ class GemFilterCompressor(BaseCompressor):
         for u, off in zip(docs, offsets.tolist(), strict=False):
             lo = int(np.searchsorted(cs.ends, off, side="right"))
             hi = int(np.searchsorted(cs.starts, off + len(u.text), side="left"))
-            out.append(_unit_scores(u, cs.starts[lo:hi] - off, cs.ends[lo:hi] - off, tok_scores[lo:hi], cfg.pool))
-        self._local.last = (cs, layer, offsets, lm.ref.name)
+            words = _unit_scores(u, cs.starts[lo:hi] - off, cs.ends[lo:hi] - off, tok_scores[lo:hi], cfg.pool)
+            out.append(sentence_lift(u, words, float(cfg.sentence)))
+        self._local.last = (cs, layer, offsets, lm.ref.name, cfg)
         return out
 
     def compress(self, request: CompressionRequest) -> CompressionResult:
@@ -538,7 +699,7 @@ class GemFilterCompressor(BaseCompressor):
         self._local.last = None
         if last is None:
             return result
-        cs, layer, offsets, model_name = last
+        cs, layer, offsets, model_name, cfg = last
         # model tokens of the kept text, for local generation: tokens whose last char lies in a kept span
         anchor = cs.ends - 1
         kept = np.zeros(cs.token_ids.size, dtype=bool)
@@ -552,6 +713,9 @@ class GemFilterCompressor(BaseCompressor):
         details.update(
             model=model_name,
             layer=layer,
+            weights=cfg.weights,
+            queries=int(cs.query_ids.size) if cfg.queries == 0 else cfg.queries,
+            sentence=float(cfg.sentence),
             windows=len(cs.windows),
             model_tokens=int(cs.token_ids.size),
             score_seconds=cs.seconds,

@@ -19,8 +19,26 @@ Options follow the paper's implementation: ``force_tokens`` (units holding one o
 ``force_reserve_digit`` (units holding a digit are kept first), ``drop_consecutive`` (a forced unit that
 repeats the previous unit's force token is not forced), ``use_context_level_filter`` (first drop whole
 documents by mean word probability, keeping ``context_level_rate`` of the tokens, by default ``(rate + 1) / 2``)
-and ``return_word_labels`` (per-document words, probabilities and keep labels in ``result.details``).
+and ``return_word_labels`` (per-document words, probabilities and keep labels in ``result.details``; the
+probabilities are the classifier's over each whole document, also where the coarse stage classified pieces).
 All post-processing is vectorised NumPy; the default model is ctxzip's distilled MiniLM student.
+
+**Question-aware coarse stage** (``coarse="question"``, the default; it acts only when the request has a
+``question`` and the context makes at least two pieces). The LLMLingua-2 paper pairs its token classifier with
+LongLLMLingua's coarse-grained, question-aware compression when a question is available; here, before step 1:
+
+a. The context is cut into pieces: documents, and documents over ``2 * coarse_chunk_tokens`` target tokens into
+   runs of whole lines (a line is a chat or meeting turn) of about ``min(coarse_chunk_tokens, budget / 2)``
+   tokens (cut at sentence ends, then between words, only when a line is longer than twice that).
+b. Pieces are ranked by relevance to the question (``rank_method="embed"``: cosine of MiniLM sentence
+   embeddings, ``rank_model``; ``"bm25"``: Okapi BM25, no model) and taken best first until their tokens reach
+   ``coarse_keep`` times the budget; the other pieces are dropped.
+c. Only the kept pieces are classified (steps 1-4), and the classifier's keep probabilities choose the words
+   inside them to the budget. The output keeps the original order.
+
+``coarse="none"`` is the question-agnostic token classification alone (and the paper's optional
+``use_context_level_filter``); without a question, ``coarse="question"`` behaves exactly like it. The measured
+choice of the defaults is in ``docs/benchmarks/lingua2.md``.
 """
 
 from __future__ import annotations
@@ -37,14 +55,16 @@ import numpy as np
 from ..base import BaseCompressor
 from ..errors import ConfigError
 from ..registry import register
-from ..select import Selection
+from ..select import Selection, select_to_budget
 from ..tokens import TokenCounter
 from ..types import CompressionRequest, CompressionResult
 from ..units import Units, reduce_by_units, segment
 
-__all__ = ["Lingua2Compressor", "WordProbs", "chunk_bounds", "merge_words"]
+__all__ = ["Lingua2Compressor", "WordProbs", "Piece", "chunk_bounds", "merge_words", "split_pieces", "COARSE_MODES"]
 
 _FORCED_BONUS = 2.0  # forced units score prob + this: above every unforced unit, still inside the budget
+COARSE_MODES = ("question", "none")
+_RANK_METHODS = ("embed", "bm25")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +189,72 @@ def chunk_bounds(n_tokens: int, is_end: np.ndarray, max_tokens: int) -> list[tup
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """Units ``[u0, u1)`` of document ``doc`` (characters ``[start, end)``), costing ``cost`` target tokens."""
+
+    doc: int
+    u0: int
+    u1: int
+    start: int
+    end: int
+    cost: int
+
+
+def split_pieces(docs: Sequence[Units], chunk_tokens: int, size: int | None = None) -> list[Piece]:
+    """The coarse stage's pieces: one per non-empty document; a document over ``2 * chunk_tokens`` tokens is cut
+    into runs of about ``size`` tokens (default ``chunk_tokens``) ending at a line break (a turn of a chat or a
+    meeting) when there is one, else at a sentence end, else between words once a run reaches ``2 * size``."""
+    out: list[Piece] = []
+    size = chunk_tokens if size is None else max(1, min(size, chunk_tokens))
+    for d, u in enumerate(docs):
+        n = len(u)
+        if n == 0:
+            continue
+        costs = u.costs.astype(np.int64)
+        total = int(costs.sum())
+        if chunk_tokens <= 0 or total <= 2 * chunk_tokens:
+            out.append(Piece(d, 0, n, int(u.starts[0]), int(u.ends[-1]), total))
+            continue
+        # line_end[i] / sent_end[i]: cutting right after unit i ends a line / a sentence
+        line_end = np.zeros(n, dtype=bool)
+        nl = np.flatnonzero(np.frombuffer(u.text.encode("utf-32-le"), dtype=np.uint32) == 10)
+        if nl.size:
+            idx = np.searchsorted(u.starts, nl, side="right") - 1  # unit whose span (or following gap) holds it
+            ok = idx >= 0
+            idx, pos = idx[ok], nl[ok]
+            # in the gap after unit idx: the line ends after idx; in idx's leading whitespace: after idx - 1
+            before = np.where(pos >= u.ends[idx], idx, idx - 1)
+            line_end[before[before >= 0]] = True
+        sent_end = np.zeros(n, dtype=bool)
+        sent_end[:-1] = u.sentence[1:] != u.sentence[:-1]
+        line_end[-1] = sent_end[-1] = True
+        bounds = [0]
+        a = 0
+        csum = np.concatenate(([0], np.cumsum(costs)))
+        while a < n:
+            if csum[n] - csum[a] <= 2 * size:
+                bounds.append(n)
+                break
+            # the first line end at or after ``size`` tokens, if it comes before 2 * size; else a sentence end
+            lo = int(np.searchsorted(csum, csum[a] + size, side="left")) - 1  # unit where the run reaches size
+            hi = int(np.searchsorted(csum, csum[a] + 2 * size, side="left")) - 1
+            lo, hi = max(lo, a), min(max(hi, a), n - 1)
+            cut = -1
+            for flags in (line_end, sent_end):
+                hits = np.flatnonzero(flags[lo : hi + 1])
+                if hits.size:
+                    cut = lo + int(hits[0])
+                    break
+            if cut < 0:
+                cut = hi
+            bounds.append(cut + 1)
+            a = cut + 1
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            out.append(Piece(d, a, b, int(u.starts[a]), int(u.ends[b - 1]), int(costs[a:b].sum())))
+    return out
+
+
 def _positions_to_units(units: Units, positions: np.ndarray) -> np.ndarray:
     """Boolean mask of units containing any of the character ``positions``."""
     mask = np.zeros(len(units), dtype=bool)
@@ -191,7 +277,10 @@ def _force_regex(tokens: Sequence[str]) -> re.Pattern[str] | None:
 
 @register("lingua2")
 class Lingua2Compressor(BaseCompressor):
-    version = "1"
+    version = "2"
+    # score() is question-agnostic, so per-document scores stay shareable across questions in the segment cache
+    # (ctxzip.cache keys them by the question only for question_aware compressors). The question acts in
+    # select() (coarse="question"), whose results the result cache keys by the question as for every compressor.
     question_aware = False
     cacheable_scores = True  # each document is tokenised and classified on its own (ctxzip.cache)
 
@@ -211,6 +300,11 @@ class Lingua2Compressor(BaseCompressor):
         context_level_rate: float | None = None  # share of tokens the document filter keeps; None: (rate+1)/2
         return_word_labels: bool = False
         batch_size: int = 16
+        coarse: str = "question"  # "question": question-aware piece ranking first (when there is a question)
+        coarse_keep: float = 1.0  # the coarse stage keeps pieces until their tokens reach this multiple of the budget
+        coarse_chunk_tokens: int = 160  # documents over twice this are cut into pieces of whole lines
+        rank_method: str = "embed"  # "embed" (MiniLM cosine) or "bm25"
+        rank_model: str = "minilm-l6"  # sentence encoder of rank_method="embed"
 
         def __post_init__(self) -> None:
             if not isinstance(self.model, str) or not self.model.strip():
@@ -243,6 +337,22 @@ class Lingua2Compressor(BaseCompressor):
                 raise ConfigError(f"lingua2: context_level_rate must be in (0, 1] or None, got {rate!r}")
             if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
                 raise ConfigError(f"lingua2: batch_size must be a positive integer, got {self.batch_size!r}")
+            if self.coarse not in COARSE_MODES:
+                raise ConfigError(f"lingua2: coarse must be one of {', '.join(COARSE_MODES)}, got {self.coarse!r}")
+            keep = self.coarse_keep
+            if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 1.0 <= float(keep) <= 100.0:
+                raise ConfigError(f"lingua2: coarse_keep (a multiple of the budget) must be in [1, 100], got {keep!r}")
+            chunk = self.coarse_chunk_tokens
+            if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+                raise ConfigError(
+                    f"lingua2: coarse_chunk_tokens must be an integer >= 0 (0: whole documents), got {chunk!r}"
+                )
+            if self.rank_method not in _RANK_METHODS:
+                raise ConfigError(
+                    f"lingua2: rank_method must be one of {', '.join(_RANK_METHODS)}, got {self.rank_method!r}"
+                )
+            if not isinstance(self.rank_model, str) or not self.rank_model.strip():
+                raise ConfigError(f"lingua2: rank_model must be a sentence-encoder name, got {self.rank_model!r}")
 
     def __init__(self, **config: Any) -> None:
         super().__init__(**config)
@@ -257,6 +367,13 @@ class Lingua2Compressor(BaseCompressor):
 
     def load(self) -> None:
         self._classifier(self.config)
+        if self.config.coarse == "question" and self.config.rank_method == "embed":
+            self._encoder(self.config)
+
+    def _encoder(self, cfg: Any) -> Any:
+        from ..models import load_encoder
+
+        return load_encoder(cfg.rank_model, device=cfg.device)
 
     # ------------------------------------------------------------------------------------------ probabilities
 
@@ -448,17 +565,98 @@ class Lingua2Compressor(BaseCompressor):
         keep |= np.array([bool(u.forced.any()) for u in docs])  # documents with protected spans stay
         return keep.tolist()
 
-    # ------------------------------------------------------------------------------------------ results
+    # ------------------------------------------------------------------------------------------ question coarse
+
+    def _relevance(self, cfg: Any, texts: list[str], query: str) -> np.ndarray:
+        """Relevance of each piece to the question, higher is better."""
+        if cfg.rank_method == "bm25":
+            from .longlingua import bm25_scores
+
+            return bm25_scores(texts, query)
+        enc = self._encoder(cfg)
+        t0 = time.perf_counter()
+        emb = np.asarray(
+            enc.encode(texts + [query], batch_size=32, normalize_embeddings=True, convert_to_numpy=True),
+            dtype=np.float64,
+        )
+        timer = self._timer()
+        timer["rank"] = timer.get("rank", 0.0) + time.perf_counter() - t0
+        return emb[:-1] @ emb[-1]
+
+    def _question_plan(
+        self, request: CompressionRequest, cfg: Any, docs: list[Units], budget: int
+    ) -> tuple[list[Piece], list[int], list[int]] | None:
+        """``(pieces, ranking, kept)`` of the question-aware coarse stage, or None where it does not apply."""
+        query = (request.question or "").strip()
+        if cfg.coarse != "question" or not query:
+            return None
+        pieces = split_pieces(docs, cfg.coarse_chunk_tokens, max(32, budget // 2))
+        if len(pieces) < 2:
+            return None
+        rel = self._relevance(cfg, [docs[p.doc].text[p.start : p.end] for p in pieces], query)
+        rel = np.where(np.isfinite(rel), rel, -np.inf)
+        rank = [int(i) for i in np.argsort(-rel, kind="stable")]
+        limit = float(cfg.coarse_keep) * budget
+        kept, acc = [], 0
+        for i in rank:
+            kept.append(i)
+            acc += pieces[i].cost
+            if acc >= limit:
+                break
+        return pieces, rank, sorted(kept)
+
+    def _piece_scores(
+        self, cfg: Any, docs: list[Units], pieces: list[Piece], kept: list[int]
+    ) -> list[np.ndarray]:
+        """Keep probabilities of the units inside the kept pieces (classified piece by piece); -inf elsewhere."""
+        texts = [docs[pieces[i].doc].text[pieces[i].start : pieces[i].end] for i in kept]
+        words = self.word_probs(texts, cfg)
+        t0 = time.perf_counter()
+        by_doc: dict[int, list[tuple[Piece, WordProbs]]] = {}
+        for i, w in zip(kept, words, strict=True):
+            by_doc.setdefault(pieces[i].doc, []).append((pieces[i], w))
+        out = [np.full(len(u), -np.inf) for u in docs]
+        for d, items in by_doc.items():
+            u = docs[d]
+            starts = np.concatenate([w.starts + p.start for p, w in items])
+            ends = np.concatenate([w.ends + p.start for p, w in items])
+            probs = np.concatenate([w.probs for _, w in items])
+            p = np.nan_to_num(reduce_by_units(u, starts, ends, probs, how=cfg.unit_reduce), nan=0.0)
+            inside = np.zeros(len(u), dtype=bool)
+            for piece, _ in items:
+                inside[piece.u0 : piece.u1] = True
+            if cfg.force_tokens or cfg.force_reserve_digit:
+                p = p + np.where(self._forced(cfg, u), _FORCED_BONUS, 0.0)
+            out[d] = np.where(inside, p, -np.inf)
+        timer = self._timer()
+        timer["post"] = timer.get("post", 0.0) + time.perf_counter() - t0
+        return out
 
     def select(self, request: CompressionRequest, docs: list[Units], budget: int, counter: TokenCounter) -> Selection:
-        sel = super().select(request, docs, budget, counter)
+        cfg = self.options(request)
+        plan = self._question_plan(request, cfg, docs, budget)
+        if plan is None:
+            sel = super().select(request, docs, budget, counter)
+        else:
+            pieces, rank, kept = plan
+            scores = self._piece_scores(cfg, docs, pieces, kept)
+            sel = select_to_budget(docs, scores, budget, counter)
+            self._local.coarse = {
+                "pieces": len(pieces),
+                "kept_pieces": len(kept),
+                "rank_method": cfg.rank_method,
+                "kept_docs": sorted({pieces[i].doc for i in kept}),
+            }
         self._local.selection = (docs, sel)
         return sel
+
+    # ------------------------------------------------------------------------------------------ results
 
     def compress(self, request: CompressionRequest) -> CompressionResult:
         self._local.probs = {}
         self._local.timer = {}
         self._local.selection = None
+        self._local.coarse = None
         try:
             result = super().compress(request)
             cfg = self.options(request)
@@ -466,6 +664,8 @@ class Lingua2Compressor(BaseCompressor):
             timer = self._local.timer
             if timer:
                 details["seconds"] = {k: round(v, 6) for k, v in timer.items()}
+            if self._local.coarse:
+                details["coarse"] = self._local.coarse
             if cfg.return_word_labels:
                 details["word_labels"] = self._word_labels(request, cfg)
             if len(details) != len(result.details):
@@ -474,6 +674,7 @@ class Lingua2Compressor(BaseCompressor):
         finally:
             self._local.probs = {}
             self._local.selection = None
+            self._local.coarse = None
 
     def _word_labels(self, request: CompressionRequest, cfg: Any) -> list[dict[str, list]]:
         stash = self._local.selection
