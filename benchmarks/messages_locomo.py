@@ -1,8 +1,8 @@
 """locomo as chat messages (one message per turn) through ``compress_messages`` vs a compressor on the flat text.
 
-    python benchmarks/messages_locomo.py ../shared/data/bench/locomo.dev.jsonl.gz --rate 0.33 --limit 40 \
-        --flat none --json /tmp/locomo_messages.json
-    ctxzip bench ../shared/data/bench/locomo.dev.jsonl.gz -m lingua2 -r 0.33 -n 40    # the same 40 rows, flat
+    python benchmarks/messages_locomo.py ../shared/data/bench/locomo.dev.jsonl.gz --rate 0.33 --limit 385 \
+        --flat lingua2 --out /tmp/locomo_messages.jsonl --json /tmp/locomo_messages.json
+    ctxzip bench ../shared/data/bench/locomo.dev.jsonl.gz -m lingua2 -r 0.33 -n 385   # the flat side alone
 
 Each session's turns become messages: the first speaker of the conversation is ``user``, the other
 ``assistant``; a session's first message starts with its title line (the date). The question is the last user
@@ -17,13 +17,17 @@ also compresses the flat text (documents = sessions, as ``ctxzip bench`` does) w
 Rows: ``--limit N`` takes the first N rows (the rows of ``ctxzip bench -n N``); ``--rows N`` takes N rows spread
 evenly. Models are loaded before timing. MiniLM embeddings of the turns are remembered across rows (the rows
 of one conversation share its turns, as successive calls of one chat do); ``--cold`` forgets them before each
-row, which times every row as a first call.
+row, which times every row as a first call. ``--out`` writes each row's records as it finishes (``side``:
+``messages`` or ``flat``; a flat record carries the flat compressor's config and details) and resumes an
+existing file.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import re
 import time
 
@@ -79,7 +83,8 @@ def main() -> None:
     ap.add_argument("--method", default="auto", help="compress_messages method")
     ap.add_argument("--config", type=json.loads, help="compress_messages config (JSON), e.g. routes")
     ap.add_argument("--cold", action="store_true", help="forget remembered embeddings before each row")
-    ap.add_argument("--json")
+    ap.add_argument("--json", help="summary and per-row records, written at the end")
+    ap.add_argument("--out", help="JSONL of per-row records, written as rows finish; an existing file is resumed")
     args = ap.parse_args()
     rows = [r for r in load_rows(args.data) if r.kind == "qa"]
     if args.limit:
@@ -95,7 +100,19 @@ def main() -> None:
         shared_compressor(flat).load()
     print(f"models loaded in {time.perf_counter() - t:.1f}s", flush=True)
     out: dict[str, list] = {"messages": [], "flat": []}
+    flat_config = dataclasses.asdict(shared_compressor(flat).config) if flat else None
+    done: set[str] = set()
+    if args.out and os.path.exists(args.out):
+        with open(args.out) as fh:
+            for line in fh:
+                rec = json.loads(line)
+                out[rec["side"]].append(rec)
+                if rec["side"] == "messages":
+                    done.add(rec["id"])
+        print(f"resumed {len(done)} rows from {args.out}", flush=True)
     for row in rows:
+        if row.id in done:
+            continue
         if args.cold:
             from ctxzip.compressors.embed_rank import embedding_memo
 
@@ -106,7 +123,7 @@ def main() -> None:
         t_msg = time.perf_counter() - t
         text = "\n".join(m["content"] for m in res.messages[:-1] if isinstance(m["content"], str))
         out["messages"].append({
-            "id": row.id, "hit": answer_hit(text, row.answers), "gold_turn_recall": gold_turn_recall(row, msgs, list(res.messages)),
+            "side": "messages", "id": row.id, "hit": answer_hit(text, row.answers), "gold_turn_recall": gold_turn_recall(row, msgs, list(res.messages)),
             "rate": res.rate, "budget": res.budget, "tokens": res.compressed_tokens, "origin": res.origin_tokens,
             "seconds": t_msg, "routes": sorted({r for s in res.stats for r in s.routes}),
             "actions": {a: sum(1 for s in res.stats if s.action == a) for a in sorted({s.action for s in res.stats})},
@@ -118,13 +135,20 @@ def main() -> None:
             t = time.perf_counter()
             fr = ctxzip.compress(row.documents, rate=args.rate, method=flat, question=row.question, seed=0, cache=False)
             out["flat"].append({
-                "id": row.id, "hit": answer_hit(fr.text, row.answers), "rate": fr.rate,
-                "seconds": time.perf_counter() - t,
+                "side": "flat", "id": row.id, "hit": answer_hit(fr.text, row.answers), "rate": fr.rate,
+                "seconds": time.perf_counter() - t, "method": fr.method, "config": flat_config,
+                "details": {k: v for k, v in fr.details.items() if k != "word_labels"},
             })
             f = out["flat"][-1]
             print(f"{row.id}: {flat} hit={f['hit']} rate={f['rate']:.3f} {f['seconds']:.1f}s", flush=True)
+        if args.out:
+            with open(args.out, "a") as fh:
+                for side in ("messages", "flat") if flat else ("messages",):
+                    fh.write(json.dumps(out[side][-1], default=str) + "\n")
+    ids = {r.id for r in rows}
+    out = {k: [x for x in v if x["id"] in ids] for k, v in out.items()}
     summary: dict[str, object] = {
-        "rows": len(rows),
+        "rows": len(out["messages"]),
         "messages_answer_recall": mean(x["hit"] for x in out["messages"]),
         "messages_gold_turn_recall": mean(x["gold_turn_recall"] for x in out["messages"]),
         "messages_rate": mean(x["rate"] for x in out["messages"]),
@@ -135,6 +159,7 @@ def main() -> None:
             f"{flat}_answer_recall": mean(x["hit"] for x in out["flat"]),
             f"{flat}_rate": mean(x["rate"] for x in out["flat"]),
             f"{flat}_seconds": mean(x["seconds"] for x in out["flat"]),
+            f"{flat}_config": flat_config,
         })
     print(json.dumps(summary, indent=1))
     if args.json:

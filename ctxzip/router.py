@@ -14,6 +14,9 @@ chat       >= 3 lines of which >= 50% start with a speaker (``Name: text``)
 prose      everything else
 =========  ===================================================================================================
 
+Code or JSON pasted with a few lines of prose around it (one Markdown fence, or Python after/before at most 3
+lines) is found by :func:`detect_body`; its route compresses the body alone and keeps the lines around it whole.
+
 Each type has a **route**: a list of candidates, the first one installed is used (``result.routes`` says, per
 document, ``"<type>:<method>"``; ``result.details["routes"]`` adds the detection reason and token counts):
 
@@ -66,7 +69,7 @@ from .tokens import get_counter
 from .types import CompressionRequest, CompressionResult
 from .units import Units
 
-__all__ = ["Router", "detect", "CONTENT_TYPES", "DEFAULT_ROUTES", "JsonValuesCompressor", "LogLinesCompressor"]
+__all__ = ["Router", "detect", "detect_body", "CONTENT_TYPES", "DEFAULT_ROUTES", "JsonValuesCompressor", "LogLinesCompressor"]
 
 CONTENT_TYPES = ("code", "json", "logs", "chat", "prose")
 ROUTE_KEYS = ("code", "json", "logs", "prose_question", "prose")
@@ -102,6 +105,11 @@ _LOG_LINE = re.compile(
 )
 _SPEAKER = re.compile(r"^\s*[A-Z][\w .'-]{0,30}:\s+\S")
 _MAX_DETECT = 1_000_000
+_MAX_EMBED = 200_000  # longest text searched for embedded code (a few ast.parse calls each)
+_MAX_WRAP_LINES = 3  # non-empty prose lines allowed on each side of embedded code
+_FENCE = re.compile(
+    r"^[ \t]*(?P<fence>```|~~~)[ \t]*[\w+#.-]*[ \t]*\n(?P<body>.*?)\n[ \t]*(?P=fence)[ \t]*$", re.S | re.M
+)
 
 
 def _lines(text: str) -> list[str]:
@@ -110,36 +118,99 @@ def _lines(text: str) -> list[str]:
 
 def detect(text: str) -> tuple[str, str]:
     """``(content type, reason)`` of ``text``; the type is one of :data:`CONTENT_TYPES`."""
+    ctype, reason, _ = detect_body(text)
+    return ctype, reason
+
+
+def detect_body(text: str) -> tuple[str, str, tuple[int, int] | None]:
+    """``(content type, reason, body)``: ``body`` is the ``(start, end)`` character range of code or JSON embedded
+    in a few lines of prose (see :func:`embedded_body`), else None (the type is the whole text's)."""
     stripped = text.strip()
     if not stripped:
-        return "prose", "empty"
+        return "prose", "empty", None
     sample = text[:_MAX_DETECT]
     if stripped[0] in "{[" and len(text) <= 5_000_000:
         try:
             json.loads(text)
-            return "json", "parses as JSON"
+            return "json", "parses as JSON", None
         except ValueError:
             pass
     lines = _lines(sample)
-    if len(lines) >= 2 and len(sample) == len(text):
-        try:
-            tree = ast.parse(text)
-        except (SyntaxError, ValueError, RecursionError, MemoryError):
-            tree = None
-        if tree is not None and any(isinstance(n, _PY_STATEMENTS) for n in tree.body):
-            return "code", "parses as Python"
+    if len(lines) >= 2 and len(sample) == len(text) and _parses_as_python(text):
+        return "code", "parses as Python", None
+    embedded = embedded_body(text)
+    if embedded is not None:
+        return embedded
     if len(lines) >= 3:
         n = len(lines)
         logs = sum(1 for ln in lines if _LOG_LINE.search(ln))
         if logs >= 0.5 * n:
-            return "logs", f"{logs}/{n} lines have a timestamp or log level"
+            return "logs", f"{logs}/{n} lines have a timestamp or log level", None
         speakers = sum(1 for ln in lines if _SPEAKER.match(ln))
         if speakers >= 0.5 * n:
-            return "chat", f"{speakers}/{n} lines start with a speaker"
+            return "chat", f"{speakers}/{n} lines start with a speaker", None
         code = sum(1 for ln in lines if _CODE_LINE.search(ln))
         if code >= 0.4 * n:
-            return "code", f"{code}/{n} lines look like code"
-    return "prose", "no code, JSON, log or chat structure"
+            return "code", f"{code}/{n} lines look like code", None
+    return "prose", "no code, JSON, log or chat structure", None
+
+
+def _parses_as_python(text: str) -> bool:
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    return any(isinstance(n, _PY_STATEMENTS) for n in tree.body)
+
+
+def embedded_body(text: str) -> tuple[str, str, tuple[int, int]] | None:
+    """Code or JSON pasted with a few lines of prose around it, as chat messages carry it.
+
+    Either the text holds exactly one Markdown fence (```` ``` ```` or ``~~~``) whose body is code or JSON by
+    :func:`detect`, or dropping at most :data:`_MAX_WRAP_LINES` lines from its start and/or end leaves Python
+    that parses. The body must hold at least half of the text's non-empty lines, and at most
+    :data:`_MAX_WRAP_LINES` non-empty lines may lie outside it on each side. The router compresses the body
+    alone and keeps the lines around it (and the fence lines) whole."""
+    if len(text) > _MAX_EMBED or not text.strip():
+        return None
+    n_lines = len(_lines(text))
+    fences = list(_FENCE.finditer(text))
+    if len(fences) == 1:
+        m = fences[0]
+        start, end = m.start("body"), m.end("body")
+        if _wrap_ok(text, start, end, n_lines):
+            body = text[start:end]
+            ctype, reason, inner = detect_body(body)
+            if ctype in ("code", "json") and inner is None:
+                return ctype, f"a fenced block {reason}", (start, end)
+        return None
+    if fences:
+        return None
+    starts = [0] + [m.end() for m in re.finditer("\n", text)]  # offsets of line starts
+    n = len(starts)
+    ends = [starts[k + 1] - 1 for k in range(n - 1)] + [len(text)]  # offsets of line ends (before the \n)
+    options = sorted(
+        ((a, b) for a in range(_MAX_WRAP_LINES + 1) for b in range(_MAX_WRAP_LINES + 1) if a + b),
+        key=lambda ab: (ab[0] + ab[1], ab),
+    )
+    for a, b in options:
+        if a + b >= n:
+            continue
+        start, end = starts[a], ends[n - 1 - b]
+        if end <= start or not _wrap_ok(text, start, end, n_lines):
+            continue
+        body = text[start:end]
+        if len(_lines(body)) >= 2 and _parses_as_python(body):
+            return "code", f"parses as Python after {a} leading and {b} trailing line(s)", (start, end)
+    return None
+
+
+def _wrap_ok(text: str, start: int, end: int, n_lines: int) -> bool:
+    before, body, after = _lines(text[:start]), _lines(text[start:end]), _lines(text[end:])
+    return (
+        len(before) <= _MAX_WRAP_LINES and len(after) <= _MAX_WRAP_LINES and bool(body)
+        and 2 * len(body) >= n_lines
+    )
 
 
 # ------------------------------------------------------------------ built-in route compressors
@@ -394,13 +465,16 @@ class Router:
         out = []
         labels: dict[str, str] = {}  # one resolution per route (it checks which compressors are installed)
         for d in request.documents:
-            ctype, reason = detect(d.text)
+            ctype, reason, body = detect_body(d.text)
             if ctype == "json" and not request.protect.json:
-                ctype, reason = "prose", "JSON protection is off"
+                ctype, reason, body = "prose", "JSON protection is off", None
             route = ctype if ctype in ("code", "json", "logs") else ("prose_question" if has_q else "prose")
             if route not in labels:
                 labels[route] = self.resolve(route)[0]
-            out.append({"type": ctype, "reason": reason, "route": route, "method": labels[route]})
+            entry = {"type": ctype, "reason": reason, "route": route, "method": labels[route]}
+            if body is not None:
+                entry["body"] = body  # the route compresses text[body[0]:body[1]], the rest is kept whole
+            out.append(entry)
         return out
 
     # -------------------------------------------------------------- compression
@@ -439,12 +513,20 @@ class Router:
         for i, p in enumerate(plan):
             if originals[i]:
                 groups.setdefault(p["route"], []).append(i)
-        sizes = {g: sum(doc_tokens[i] for i in idx) for g, idx in groups.items()}
+        # embedded code/JSON: the route gets the body, the prose lines around it are kept whole
+        bounds = [p.get("body") or (0, len(t)) for p, t in zip(plan, originals, strict=True)]
+        inputs = [t[s:e] for t, (s, e) in zip(originals, bounds, strict=True)]
+        embedded = [i for i, p in enumerate(plan) if "body" in p]
+        body_tokens = list(doc_tokens)
+        for i, n in zip(embedded, counter.count_batch([inputs[i] for i in embedded]), strict=True):
+            body_tokens[i] = n
+        wrap_tokens = sum(doc_tokens[i] - body_tokens[i] for i in embedded)
+        sizes = {g: sum(body_tokens[i] for i in idx) for g, idx in groups.items()}
         weights = {
             g: float(self.config.weights.get(plan[idx[0]]["type"], 1.0)) for g, idx in groups.items()
         }
         # the budget counts the joined text; shares count documents on their own (no separators)
-        targets = _water_fill(sizes, weights, budget * sum(doc_tokens) / origin_tokens)
+        targets = _water_fill(sizes, weights, budget * sum(doc_tokens) / origin_tokens - wrap_tokens)
 
         texts = list(originals)
         spans: list[list[tuple[int, int]]] = [list(s) for s in whole]
@@ -461,7 +543,11 @@ class Router:
                 return
             _, comp = self.resolve(group)
             sub = CompressionRequest(
-                documents=tuple(request.documents[i] for i in idx),
+                documents=tuple(
+                    dataclasses.replace(request.documents[i], text=inputs[i]) if "body" in plan[i]
+                    else request.documents[i]
+                    for i in idx
+                ),
                 question=request.question,
                 instruction=request.instruction,
                 target_tokens=max(1, target),
@@ -472,9 +558,11 @@ class Router:
             res = comp.compress(sub)
             outcome[group] = res
             for d, i in zip(res.documents, idx, strict=True):
-                texts[i] = d.text
-                kept = [(s.start, s.end) for s in d.spans]
-                spans[i] = kept if "".join(originals[i][s:e] for s, e in kept) == d.text else []
+                b0, b1 = bounds[i]
+                texts[i] = originals[i][:b0] + d.text + originals[i][b1:]
+                kept = [(b0 + s.start, b0 + s.end) for s in d.spans]
+                kept = [x for x in [(0, b0), *kept, (b1, len(originals[i]))] if x[1] > x[0]]
+                spans[i] = kept if "".join(originals[i][s:e] for s, e in kept) == texts[i] else []
 
         for g in groups:
             run(g, targets[g])

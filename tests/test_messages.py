@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 
@@ -57,6 +58,29 @@ def test_mixed_fixture_budget_protected_spans_json_and_policy(rate):
     assert {"system", "last_user", "recent"} <= by_action
     assert sum(s.compressed_tokens for s in r.stats) == r.compressed_tokens
     assert any(s.action == "compressed" and s.compressed_tokens < s.origin_tokens for s in r.stats)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("codezip" not in ctxzip.list_compressors(), reason="codezip is not installed here")
+@pytest.mark.parametrize("rate", [0.25, 0.4])
+def test_mixed_fixture_python_pasted_in_a_message_still_parses_with_codezip(rate):
+    # the Python file comes after a line of prose ("Here is our retry helper:"): the router compresses the code
+    # alone with codezip and keeps that line
+    msgs = messages()
+    routes = {**FAST["routes"], "code": ["codezip"]}
+    r = _run(msgs, rate=rate, config={"routes": routes}, protect={"force": [FORCED]}, policy={"keep_recent": 2})
+    assert abs(r.compressed_tokens - r.budget) <= 0.05 * r.budget, (r.compressed_tokens, r.budget)
+    code = next(s for s in r.stats if s.role == "user" and "code:codezip" in s.routes)
+    assert code.compressed_tokens < code.origin_tokens
+    preface, body = r.messages[code.index]["content"][0]["text"].split("\n", 1)
+    assert preface == "Here is our retry helper:"
+    ast.parse(body)
+    json.loads(next(m for m in r.messages if m["role"] == "tool")["content"])
+    text = json.dumps(r.messages)
+    for s in PROTECTED:
+        assert s in text, s
+    for i in _untouched_indices(msgs, 2):
+        assert r.messages[i] == msgs[i]
 
 
 @settings(max_examples=25, deadline=None)

@@ -12,7 +12,7 @@ from mixed_fixture import FORCED, PROTECTED, PY_FILE, QUESTION, documents
 
 import ctxzip
 from ctxzip.errors import ConfigError
-from ctxzip.router import DEFAULT_ROUTES, Router, _water_fill, detect
+from ctxzip.router import DEFAULT_ROUTES, Router, _water_fill, detect, detect_body
 
 # baselines only, so these tests need no model
 FAST = {"prose": ["truncate"], "prose_question": [{"method": "random", "config": {"seed": 1}}], "code": ["truncate"]}
@@ -36,6 +36,55 @@ FAST = {"prose": ["truncate"], "prose_question": [{"method": "random", "config":
 )
 def test_detect(text, kind):
     assert detect(text)[0] == kind
+
+
+_JSON = json.dumps({"status": "ok", "items": [{"id": i, "note": f"item {i} is fine"} for i in range(5)]}, indent=2)
+
+
+@pytest.mark.parametrize(
+    "before, body, after, kind",
+    [
+        ("Here is our retry helper:\n", PY_FILE, "", "code"),
+        ("", PY_FILE, "\nCan you review it before Friday?", "code"),
+        ("Look at this:\n```python\n", PY_FILE.rstrip("\n"), "\n```\nWhy does it hang?", "code"),
+        ("The tool said:\n~~~json\n", _JSON, "\n~~~", "json"),
+        ("In C:\n```\n", "int add(int a, int b) {\n  return a + b;\n}\nint x = add(1, 2);", "\n```", "code"),
+    ],
+)
+def test_code_or_json_pasted_with_a_few_prose_lines_is_found_with_its_body(before, body, after, kind):
+    text = before + body + after
+    ctype, reason, span = detect_body(text)
+    assert ctype == kind and span is not None, reason
+    assert text[span[0] : span[1]].strip() == body.strip()
+    assert detect(text)[0] == kind
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "```python\nx = 1\ny = 2\n```\nand\n```python\nz = 3\nw = 4\n```",  # two fences: not one body
+        "One\nTwo\nThree\nFour\nFive\nx = 1\ny = 2",  # too much prose around the code
+        "The committee met on Tuesday.\nIt approved the budget.\nNote: this\nThen it adjourned.",
+        "```\nJust some words in a fence.\nNothing else here.\n```",  # a fenced body that is not code
+    ],
+)
+def test_prose_is_not_taken_for_embedded_code(text):
+    assert detect_body(text)[2] is None
+
+
+def test_embedded_code_is_compressed_alone_and_the_prose_around_it_is_kept():
+    before, after = "Look at this helper:\n```python\n", "\n```\nWhy does it hang on Fridays?"
+    docs = [before + PY_FILE.rstrip("\n") + after, *documents()[4:]]
+    for rate in (0.3, 0.5):
+        r = ctxzip.compress(docs, method="auto", config={"routes": FAST}, rate=rate)
+        assert r.routes[0] == "code:truncate" and r.details["routes"][0]["body"]
+        out = r.documents[0].text
+        assert out.startswith(before) and out.endswith(after)
+        assert len(out) < len(docs[0])
+        budget = round(rate * r.origin_tokens)
+        assert abs(r.compressed_tokens - budget) <= 0.05 * budget, (r.compressed_tokens, budget)
+        for d in r.documents:  # truncate keeps a subsequence, and the spans include the kept wrapping
+            assert "".join(docs[d.index][s.start : s.end] for s in d.spans) == d.text
 
 
 def test_plan_resolves_first_available_candidate_and_is_visible_in_routes():
