@@ -15,7 +15,8 @@ def add_parser(sub: Any) -> None:
         "serve",
         help="run the HTTP sidecar (compression API + OpenAI-compatible proxy)",
         description="Run the ctxzip sidecar. Settings: defaults < --config FILE < environment "
-        "(CTXZIP_UPSTREAM_URL, CTXZIP_API_KEYS, CTXZIP_FAIL_MODE, CTXZIP_COMPRESS_WORKERS) < these flags.",
+        "(CTXZIP_UPSTREAM_URL, CTXZIP_API_KEYS, CTXZIP_FAIL_MODE, CTXZIP_COMPRESS_WORKERS, "
+        "CTXZIP_COMPRESS_THREADS) < these flags.",
     )
     p.add_argument("--host", default=None, help="bind address (default 127.0.0.1: loopback only)")
     p.add_argument("--port", type=int, default=None, help="port (default 8787)")
@@ -25,6 +26,10 @@ def add_parser(sub: Any) -> None:
         "--compress-workers", type=int, default=None, metavar="N",
         help="compression worker processes per server process, each loading the models once (default 1); "
         "0 compresses in threads of the server process",
+    )
+    p.add_argument(
+        "--compress-threads", type=int, default=None, metavar="N",
+        help="torch threads of each compression worker process (default 1: parallelism comes from processes)",
     )
     p.add_argument("--upstream", default=None, help="OpenAI-compatible upstream URL for the proxy")
     p.add_argument("--preload", action="append", default=None, metavar="METHOD", help="load a compressor's models at start")
@@ -41,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = ServiceConfig.load(
         args.config, host=args.host, port=args.port, upstream_url=args.upstream,
         preload=tuple(args.preload) if args.preload else None, compress_workers=args.compress_workers,
+        compress_threads=args.compress_threads,
     )
     if args.workers < 1:
         from ctxzip.errors import ConfigError

@@ -34,6 +34,13 @@ class ServiceConfig:
     #: once and compresses one request at a time, off the server's event loop and its GIL. 0 = compress in
     #: ``workers`` threads of the server process instead (tests, tiny setups without models)
     compress_workers: int = 1
+    #: torch threads of each compression worker process (env CTXZIP_COMPRESS_THREADS). 1 by default: requests are
+    #: small and many, so parallelism comes from processes; several threads per process on a busy machine spend
+    #: their time waiting for each other (lingua2 on the 2-core dev box: 1.3 s a request with 2, 0.15 s with 1)
+    compress_threads: int = 1
+    #: niceness added to the compression worker processes (0-19), so that the server's event loop (health checks,
+    #: proxy I/O) gets the CPU first when the machine is busy; 0 = the server's own priority
+    compress_nice: int = 5
     #: threads compressing at once when ``compress_workers`` is 0
     workers: int = 2
     #: requests allowed to wait beyond the compressions running at once; more get 429 with Retry-After
@@ -53,12 +60,15 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.fail_mode not in ("open", "closed"):
             raise ConfigError(f"fail_mode must be 'open' or 'closed', got {self.fail_mode!r}")
-        for name in ("workers", "compress_workers", "max_queue", "max_body_bytes", "port"):
+        for name in ("workers", "compress_workers", "compress_threads", "compress_nice", "max_queue", "max_body_bytes",
+                     "port"):
             v = getattr(self, name)
-            low = 0 if name in ("max_queue", "compress_workers") else 1
+            low = 0 if name in ("max_queue", "compress_workers", "compress_nice") else 1
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 kind = "a non-negative" if low == 0 else "a positive"
                 raise ConfigError(f"service {name} must be {kind} integer, got {v!r}")
+        if self.compress_nice > 19:
+            raise ConfigError(f"service compress_nice must be between 0 and 19, got {self.compress_nice!r}")
         if not (isinstance(self.request_timeout_s, (int, float)) and self.request_timeout_s > 0):
             raise ConfigError(f"request_timeout_s must be a positive number, got {self.request_timeout_s!r}")
         if self.rate is not None and self.target_tokens is not None:
@@ -92,13 +102,12 @@ class ServiceConfig:
             data["api_keys"] = [k.strip() for k in env["CTXZIP_API_KEYS"].split(",")]
         if env.get("CTXZIP_FAIL_MODE"):
             data["fail_mode"] = env["CTXZIP_FAIL_MODE"]
-        if env.get("CTXZIP_COMPRESS_WORKERS"):
-            try:
-                data["compress_workers"] = int(env["CTXZIP_COMPRESS_WORKERS"])
-            except ValueError:
-                raise ConfigError(
-                    f"CTXZIP_COMPRESS_WORKERS must be an integer, got {env['CTXZIP_COMPRESS_WORKERS']!r}"
-                ) from None
+        for var, key in (("CTXZIP_COMPRESS_WORKERS", "compress_workers"), ("CTXZIP_COMPRESS_THREADS", "compress_threads")):
+            if env.get(var):
+                try:
+                    data[key] = int(env[var])
+                except ValueError:
+                    raise ConfigError(f"{var} must be an integer, got {env[var]!r}") from None
         data.update({k: v for k, v in overrides.items() if v is not None})
         valid = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - valid)

@@ -1,8 +1,9 @@
 """Where the sidecar compresses: worker processes (the default) or threads of the server process.
 
 With ``compress_workers: N`` (N >= 1) compression runs in N processes started with the ``spawn`` context; each
-loads its models once (``preload``, in the pool initializer) and reports on a queue, so ``/readyz`` turns 200 only
-when every worker is loaded. The server's event loop then shares no GIL with compression: it stays free for
+lowers its priority by ``compress_nice``, keeps to ``compress_threads`` torch threads, loads its models once
+(``preload``, in the pool initializer) and reports on a queue, so ``/readyz`` turns 200 only when every worker is
+loaded. The server's event loop then shares no GIL with compression: it stays free for
 ``/livez``, the proxy and I/O. Reversible compression's originals go to a SQLite file shared by the workers and
 the server (``/v1/retrieve``). A worker that dies breaks a ``ProcessPoolExecutor``; the pool is then rebuilt on the
 next request. :meth:`CompressPool.shutdown` stops the workers (terminating any still busy after a grace period).
@@ -74,13 +75,15 @@ class CompressPool:
         if self.originals_path is None:
             self._tmpdir = tempfile.mkdtemp(prefix="ctxzip-serve-")
             self.originals_path = os.path.join(self._tmpdir, "originals.sqlite")
+        # create the file (tables, WAL mode) before the workers start, so that they only open it
+        worker.open_store(self.originals_path)
         ctx = multiprocessing.get_context("spawn")
         self._ready_q = ctx.Queue()
         self._generation += 1
         self.ready.clear()
         self._executor = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.processes, mp_context=ctx, initializer=worker.init_worker,
-            initargs=(tuple(cfg.preload), self.originals_path, self._ready_q, self.processes),
+            initargs=(tuple(cfg.preload), self.originals_path, self._ready_q, cfg.compress_threads, cfg.compress_nice),
         )
         for _ in range(self.processes):  # spawn every worker now, not on the first requests
             self._executor.submit(worker.ping)

@@ -27,7 +27,7 @@ from ctxzip.errors import ConfigError, CtxzipError, UnknownNameError
 
 from .config import ServiceConfig
 
-__all__ = ["init_worker", "ping", "call", "documents_task", "messages_task"]
+__all__ = ["init_worker", "open_store", "ping", "describe", "call", "documents_task", "messages_task"]
 
 log = logging.getLogger("ctxzip.service.worker")
 
@@ -36,8 +36,10 @@ _ledger_lock = threading.Lock()
 
 
 # ------------------------------------------------------------------ process set-up
-def init_worker(preload: tuple[str, ...], originals_path: str | None, ready: Any, n_workers: int = 1) -> None:
-    """Initializer of a worker process: share the originals store, load models once, report readiness.
+def init_worker(preload: tuple[str, ...], originals_path: str | None, ready: Any, threads: int = 1,
+                nice: int = 0) -> None:
+    """Initializer of a worker process: lower its priority, set its torch threads, share the originals store,
+    load models once, report readiness.
 
     ``ready`` is a multiprocessing queue; the worker puts ``(pid, None)`` once its models are loaded, or
     ``(pid, "Error: ...")`` if loading failed (the worker still serves requests that need no such model).
@@ -45,15 +47,18 @@ def init_worker(preload: tuple[str, ...], originals_path: str | None, ready: Any
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the server stops us
     _exit_with_parent()
     atexit.register(_exit_now)  # registered last, so it runs first
-    if n_workers > 1:  # several workers on the same cores: split the cores between their torch thread pools
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cpus // n_workers)))
+    if nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+    # before torch is imported (a spawned worker has not imported it yet): OpenMP reads these at start-up
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     error: str | None = None
     try:
         if originals_path:
             from ctxzip import reversible
 
-            reversible.set_default_store(reversible.SQLiteStore(originals_path))
+            reversible.set_default_store(open_store(originals_path))
+        _set_torch_threads(threads)
         from ctxzip.api import shared_compressor
 
         for name in preload:
@@ -61,6 +66,31 @@ def init_worker(preload: tuple[str, ...], originals_path: str | None, ready: Any
     except Exception as exc:  # noqa: BLE001 - reported through /readyz
         error = f"{type(exc).__name__}: {exc}"
     ready.put((os.getpid(), error))
+
+
+def open_store(path: str, attempts: int = 20) -> Any:
+    """The shared SQLite store of reversible originals. Workers starting together contend for the file while one
+    of them creates it (SQLite answers "database is locked" at once to a journal-mode change): retry a while."""
+    import sqlite3
+
+    from ctxzip import reversible
+
+    for attempt in range(attempts - 1):
+        try:
+            return reversible.SQLiteStore(path)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return reversible.SQLiteStore(path)
+
+
+def _set_torch_threads(threads: int) -> None:
+    """Pin torch's intra-op threads if torch is already imported; otherwise OMP_NUM_THREADS (set above) does it
+    when a compressor first imports torch, and a worker that never needs torch never pays for importing it."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _exit_with_parent() -> None:
@@ -92,6 +122,13 @@ def _exit_now() -> None:
 def ping() -> int:
     """A no-op task: submitting one per worker starts the processes at once instead of on the first request."""
     return os.getpid()
+
+
+def describe() -> dict[str, Any]:
+    """This worker's pid, niceness and torch threads (for tests and diagnostics)."""
+    torch = sys.modules.get("torch")
+    return {"pid": os.getpid(), "nice": os.nice(0),
+            "torch_threads": torch.get_num_threads() if torch is not None else None}
 
 
 # ------------------------------------------------------------------ tasks
