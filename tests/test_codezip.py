@@ -221,7 +221,7 @@ def test_compress_each_language(tiny_model, language):
                     assert lay.lines[n.first].rstrip("\n") in out_lines
 
 
-@pytest.mark.parametrize("rate", [0.2, 0.35, 0.5, 0.7])
+@pytest.mark.parametrize("rate", [0.1, 0.2, 0.25, 0.35, 0.5, 0.7])
 def test_python_output_parses_at_every_rate(tiny_model, rate):
     src = SOURCES["python"]
     _, res = _compress(tiny_model, src, rate=rate, filename="table.py", question="table.render()")

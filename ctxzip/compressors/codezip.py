@@ -50,7 +50,9 @@ it replaces (consecutive elisions merge into one). Python output parses wherever
 statements were all elided gets an ``...`` statement instead of the comment. In other languages statements are
 only ever elided whole, at statement boundaries. The output is therefore *not* a subsequence of the input
 (``spans`` list the kept character ranges). Budgets are in target-LLM tokens and are met within 5% when the
-always-kept lines fit.
+always-kept lines fit: after rendering, the least valuable blocks or chunks are trimmed while over the budget, and
+while under it the best elided chunks, blocks or single statements are added up to the top of a 3% band (an item
+a little larger than the shortfall is a better fit than leaving the budget unspent).
 
 Protection (decided for code, issue #11): what the *caller* names is honoured, the prose heuristics are not.
 Caller-given ``force`` strings and ``patterns`` (regular expressions), and the opt-in ``numbers``/``ids``/
@@ -868,7 +870,9 @@ class CodeZipCompressor(BaseCompressor):
                         and not self._release_pins(docs, funcs, chunk_keep, need):
                     break
             else:
-                room = budget - got
+                # fill up to the top of the tolerance band: an item that lands a little over the budget is a
+                # better fit than none when only items larger than ``budget - got`` are left
+                room = budget + tol - got
                 if not self._grow(docs, funcs, chunk_keep, scores, room, marker_cost, extra_cost, take):
                     if not self._grow_partial(cfg, scorer, docs, funcs, chunk_keep, scores, room, query,
                                               extra_cost, take, no_fine, plain):
