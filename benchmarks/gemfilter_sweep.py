@@ -2,8 +2,9 @@
 
 One forward pass per row (per context window) captures every candidate layer's queries of the question frame and
 keys (:func:`layer_queries_and_keys`); each layer and scoring is then evaluated without running the model again.
-Scorings (``--scorings``, comma list of ``WEIGHTS:QUERIES``): ``logit:1`` is the paper's (last query's summed
-logits), ``softmax:0`` the compressor's default (attention probabilities of every question-frame token).
+Scorings (``--scorings``, comma list of ``WEIGHTS:QUERIES``): ``logit:1`` is the paper's and the compressor's
+default (last query's summed logits), ``softmax:0`` the opt-in SnapKV-style vote (attention probabilities of every
+question-frame token).
 
 For each layer and scoring:
 
@@ -11,14 +12,18 @@ For each layer and scoring:
   does the decoded selection contain a gold answer (``answer_hit``)?
 * ``words`` -- the compressor's path with ``sentence=0``: token scores pooled per word unit, then the core's
   budgeted selection at ``rate`` (target-LLM tokens): answer kept?
-* ``sent`` -- the same with the sentence lift (``--sentence``, default the compressor's).
+* ``sent`` -- the same with the sentence lift (``--sentence``; default the compressor's, which is 0 = none).
 * ``rank`` -- where rows have ``gold_spans``: rank of the gold sentence among all sentences by its best word
   score (1 = first), mean and worst over the rows: a margin the hit rate does not show.
 
 Usage::
 
     python benchmarks/gemfilter_sweep.py FILE --model smollm2-135m --rate 0.1 [--rows 0:15] [--layers 0-29]
-        [--scorings logit:1,softmax:0] [--template plain] [--min-chars N] [--max-chars N]
+        [--scorings logit:1,softmax:0] [--template plain] [--min-chars N] [--max-chars N] [--sentence 1.0]
+        [--cache DIR [--cached-only]]
+
+``--cache DIR`` keeps each single-window row's captured queries and keys (float16) in ``DIR/NNN.npz`` (``NNN``: the
+row's index in FILE), so later sweeps of other layers, scorings or rates reuse the forward pass.
 
 Prints a markdown table (one row per layer) and writes the per-row hits as JSON with ``--json OUT``.
 """
@@ -29,6 +34,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -78,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sentence", type=float, default=None, help="default: the compressor's")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--cache", default=None,
+                    help="folder of per-row captures (NNN.npz, NNN = row index in FILE): reused when they hold "
+                         "every wanted layer, else written (single-window rows only; q/k stored as float16)")
+    ap.add_argument("--cached-only", action="store_true", help="skip rows with no capture in --cache")
     args = ap.parse_args(argv)
 
     import torch
@@ -125,9 +135,41 @@ def main(argv: list[str] | None = None) -> int:
     layers = _parse_layers(args.layers) if args.layers else full_attention_layers(lm.model)
     rows = load_rows(args.file)
     size = [sum(len(t) for _, t in r.docs) for r in rows]
+    index = {r.id: i for i, r in enumerate(rows)}
     rows = [r for r, n in zip(rows, size, strict=True)
             if (not args.max_chars or n <= args.max_chars) and (not args.min_chars or n >= args.min_chars)]
     rows = rows[slice(*(int(x) if x else None for x in args.rows.split(":")))]
+    if args.cached_only:
+        if not args.cache:
+            raise SystemExit("--cached-only needs --cache")
+        rows = [r for r in rows if (Path(args.cache) / f"{index[r.id]:03d}.npz").exists()]
+
+    def capture(row_id: str, seq: torch.Tensor, n_pre: int, n_query: int, single: bool) -> dict:
+        """``layer_queries_and_keys`` of ``seq``, through the ``--cache`` folder where there is one."""
+        path = Path(args.cache) / f"{index[row_id]:03d}.npz" if args.cache and single else None
+        if path is not None and path.exists():
+            z = np.load(path)
+            same = (int(z["npre"]) == n_pre and int(z["npost"]) == n_query
+                    and int(z["npre"]) + z["ids"].size + int(z["npost"]) == seq.shape[1]
+                    and np.array_equal(z["ids"], seq[0, n_pre:seq.shape[1] - n_query].numpy())
+                    and ("model" not in z or str(z["model"]) == args.model))
+            if same and all(f"q{r}" in z for r in layers):
+                return {r: (torch.from_numpy(z[f"q{r}"]).float(), torch.from_numpy(z[f"k{r}"]).float(),
+                            float(z[f"s{r}"]), float(z[f"c{r}"]) if f"c{r}" in z else None) for r in layers}
+        got = layer_queries_and_keys(lm.model, seq, layers, n_query)
+        if path is None:
+            return got
+        store: dict[str, np.ndarray] = {}
+        for r, (q, keys, scale, cap) in got.items():
+            store.update({f"q{r}": q.half().numpy(), f"k{r}": keys.half().numpy(), f"s{r}": np.float32(scale)})
+            if cap:
+                store[f"c{r}"] = np.float32(cap)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, ids=seq[0, n_pre:seq.shape[1] - n_query].numpy(), npre=n_pre, npost=n_query,
+                 model=args.model, layers=np.array(layers), **store)
+        # use exactly what a later run reads back from the cache
+        return {r: (q.half().float(), k.half().float(), s, c) for r, (q, k, s, c) in got.items()}
+
     kinds = ("tok", "words", "sent")
     hits = {(k, s, r): [] for k in kinds for s in scorings for r in layers}
     ranks: dict[tuple, list[int]] = {(s, r): [] for s in scorings for r in layers}
@@ -146,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         for a, b in windows:
             seq = torch.from_numpy(np.concatenate([prefix, ids[a:b], query])).view(1, -1)
             span = (int(prefix.size), int(prefix.size) + b - a)
-            captured = layer_queries_and_keys(lm.model, seq, layers, int(query.size))
+            captured = capture(row.id, seq, int(prefix.size), int(query.size), len(windows) == 1)
             for r, (q, keys, scale, cap) in captured.items():
                 for w, n in scorings:
                     qn = q if n == 0 else q[:, -n:]

@@ -449,6 +449,27 @@ def test_compressor_budget_order_protection_and_details(tiny_dir):
         assert word in decoded
 
 
+def test_compressor_defaults_are_the_papers_scoring(tiny_dir):
+    """By default the compressor scores with GemFilter's own rule: the last query's logits at layer r summed over
+    heads, width-5 mean pooled over the context tokens, no sentence lift (the SnapKV-style vote and the sentence
+    lift are opt-in)."""
+    cfg = gf.GemFilterCompressor.Config()
+    assert (cfg.queries, cfg.weights, cfg.smooth, cfg.sentence) == (1, "logit", 5, 0.0)
+    comp = gf.GemFilterCompressor(model=str(tiny_dir), layer=2, device="cpu")
+    model = comp._lm(comp.config).model
+    context = CORPUS[:400]
+    _, layer, cs = comp._score_context(comp.config, context, "What is the secret code?")
+    assert layer == 2 and len(cs.windows) == 1
+    ids = torch.from_numpy(np.concatenate([cs.prefix_ids, cs.token_ids, cs.query_ids])).view(1, -1)
+    a, b = cs.prefix_ids.size, cs.prefix_ids.size + cs.token_ids.size
+    expected = _pool(_manual_raw_scores(model, ids, 2, gemma=False)[a:b], 5)
+    np.testing.assert_allclose(cs.scores[2], expected.double().numpy(), rtol=1e-4, atol=1e-4)
+    # the opt-in vote scores differently, so the default above is not that one by accident
+    vote = dataclasses.replace(comp.config, queries=0, weights="softmax")
+    _, _, cs_vote = comp._score_context(vote, context, "What is the secret code?")
+    assert not np.allclose(cs_vote.scores[2], cs.scores[2])
+
+
 def test_compressor_per_call_options_and_inspect(tiny_dir):
     comp = gf.GemFilterCompressor(model=str(tiny_dir), layer=1, device="cpu")
     a = comp.compress(CompressionRequest.create(CORPUS, question="capital of Italy?", rate=0.4))
@@ -492,7 +513,7 @@ def test_smollm2_finds_a_needle():
     needle = "The secret passphrase for the vault is purple elephant seventeen."
     filler = "The committee reviewed the quarterly budget and discussed the schedule for the next meeting. "
     context = filler * 20 + needle + " " + filler * 20
-    comp = gf.GemFilterCompressor(device="cpu")
+    comp = gf.GemFilterCompressor(model="smollm2-135m", device="cpu")
     result = comp.compress(
         CompressionRequest.create(context, question="What is the secret passphrase for the vault?", rate=0.15)
     )
@@ -504,7 +525,8 @@ def test_smollm2_finds_a_needle():
 
 @pytest.mark.slow
 def test_gemma3_default_layer_is_global_and_scores():
-    comp = gf.GemFilterCompressor(model="gemma-3-270m", device="cpu")
+    comp = gf.GemFilterCompressor(device="cpu")
+    assert comp.config.model == "gemma-3-270m"  # the default model (docs/benchmarks/gemfilter.md)
     lm = comp._lm(comp.config)
     layer = gf.default_layer(lm.model, "gemma-3-270m")
     assert layer in gf.full_attention_layers(lm.model)
