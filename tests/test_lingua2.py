@@ -13,7 +13,16 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 from lingua2_tiny import SENTENCES, make_bert_classifier, make_xlmr_classifier  # noqa: E402
 
-from ctxzip.compressors.lingua2 import Lingua2Compressor, chunk_bounds, merge_words, split_pieces  # noqa: E402
+from ctxzip.compressors.lingua2 import (  # noqa: E402
+    Lingua2Compressor,
+    Piece,
+    bm25_text,
+    chunk_bounds,
+    light_stem,
+    merge_words,
+    smooth_neighbours,
+    split_pieces,
+)
 from ctxzip.errors import ConfigError, ModelError  # noqa: E402
 from ctxzip.registry import get_compressor  # noqa: E402
 from ctxzip.types import CompressionRequest  # noqa: E402
@@ -289,8 +298,41 @@ def test_question_coarse_classifies_only_the_kept_pieces(bert_dir, monkeypatch):
     assert seen == [docs[1]]
 
 
+def test_bm25_view_matches_word_forms_and_ignores_question_words():
+    assert {light_stem(w) for w in ("paint", "painting", "painted", "paints")} == {"paint"}
+    assert light_stem("running") == "run" and light_stem("stories") == "story" and light_stem("is") == "is"
+    query = bm25_text("What did Caroline research?", drop_stopwords=True)
+    assert query.split() == [light_stem("caroline"), "research"]
+    assert bm25_text("Caroline researched adoption agencies").split()[:2] == query.split()
+    assert light_stem("agencies") == "agency"
+    assert bm25_text("What is it?", drop_stopwords=True) == "what is it"  # nothing else left: keep them
+
+
+def test_neighbour_smoothing_stays_inside_a_document():
+    pieces = [Piece(0, 0, 1, 0, 1, 1), Piece(0, 1, 2, 1, 2, 1), Piece(1, 0, 1, 0, 1, 1), Piece(1, 1, 2, 1, 2, 1)]
+    rel = np.array([0.0, 4.0, 1.0, 0.0])
+    np.testing.assert_allclose(smooth_neighbours(rel, pieces, 0.5), [2.0, 4.0, 1.0, 0.5])
+    np.testing.assert_array_equal(smooth_neighbours(rel, pieces, 0.0), rel)
+    single = smooth_neighbours(np.array([3.0, 1.0]), pieces[1:3], 0.5)  # different documents: unchanged
+    np.testing.assert_array_equal(single, [3.0, 1.0])
+
+
+def test_default_coarse_ranks_by_bm25_without_loading_a_sentence_encoder(bert_dir, monkeypatch):
+    comp = Lingua2Compressor(model=bert_dir, device="cpu")  # default: coarse="question", rank_method="bm25"
+
+    def no_encoder(self, cfg):
+        raise AssertionError("the default coarse stage must not load a sentence encoder")
+
+    monkeypatch.setattr(Lingua2Compressor, "_encoder", no_encoder)
+    comp.load()
+    docs = [" ".join([text] * 4) for text in TOPICS.values()]
+    res = comp.compress(CompressionRequest.create(docs, question="Which galaxy did the telescope observe?", rate=0.2))
+    assert res.details["coarse"]["rank_method"] == "bm25" and res.details["coarse"]["kept_docs"] == [1]
+    assert res.details["seconds"]["rank"] >= 0.0
+
+
 def test_without_question_or_with_coarse_none_the_output_is_question_agnostic(bert_dir):
-    comp = get_compressor("lingua2", model=bert_dir, device="cpu", rank_method="bm25")
+    comp = get_compressor("lingua2", model=bert_dir, device="cpu")
     docs = [" ".join([text] * 4) for text in TOPICS.values()]
     plain = comp.compress(CompressionRequest.create(docs, rate=0.3))
     assert "coarse" not in plain.details
@@ -343,6 +385,8 @@ def test_int8_quantisation_runs_on_cpu(bert_dir):
         {"coarse_chunk_tokens": -1},
         {"rank_method": "lm"},
         {"rank_model": ""},
+        {"rank_smooth": 1.5},
+        {"rank_smooth": True},
     ],
 )
 def test_config_errors_say_what_to_fix(bad):
@@ -378,7 +422,7 @@ def test_import_ctxzip_stays_light():
 
 @pytest.mark.slow
 def test_shipped_student_with_minilm_ranking_keeps_the_answering_document():
-    comp = get_compressor("lingua2")  # coarse="question", rank_method="embed" (MiniLM) by default
+    comp = get_compressor("lingua2", rank_method="embed")  # coarse="question" by default; MiniLM cosine ranking
     docs = [" ".join([text] * 3) for text in TOPICS.values()]
     res = comp.compress(CompressionRequest.create(docs, question="How did the bank respond to inflation?", rate=0.3))
     assert 3 in res.details["coarse"]["kept_docs"] and not res.documents[3].dropped
