@@ -46,7 +46,9 @@ lines) along. Kept chunks stay in their original order.
   always kept, with the headers of the statements around them.
 
 **Output**: every elided run of lines becomes one marker line ``# ...`` / ``// ...`` at the indentation of what
-it replaces (consecutive elisions merge into one). Python output parses wherever the input parsed: a suite whose
+it replaces (consecutive elisions merge into one); the text after the comment prefix is the ``marker`` option
+(default ``...``; ``marker="[... lines elided ...]"`` gives ``# [... lines elided ...]``), and the budget
+accounting charges each marker its own token cost. Python output parses wherever the input parsed: a suite whose
 statements were all elided gets an ``...`` statement instead of the comment. In other languages statements are
 only ever elided whole, at statement boundaries. The output is therefore *not* a subsequence of the input
 (``spans`` list the kept character ranges). Budgets are in target-LLM tokens and are met within 5% when the
@@ -89,6 +91,11 @@ from ..units import Units
 __all__ = ["CodeZipCompressor", "knapsack"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
+# Text written after the comment prefix for every elided run. On code.dev (docs/benchmarks/codezip.md) the SmolLM2
+# reader copied a bare "# ..." as its completion on 6 of 8 rows (edit similarity 0.047) and "[... lines elided ...]"
+# raised the same rows to 0.247, but the longer marker costs ~6 more tokens per elision and breaks the 5% budget
+# band on small files (coarser items), so it is an option, not the default.
+DEFAULT_MARKER = "..."
 
 # top-level import statements of the current file, per language (matched on unindented lines)
 _IMPORTS = {
@@ -205,7 +212,7 @@ class _Func:
 @dataclass
 class _Doc:
     layout: CodeLayout
-    comment: str
+    comment: str  # the full marker line text without indentation, e.g. "# ..."
     line_cost: np.ndarray  # target tokens per line
     line_start: np.ndarray  # char offset of each line
     protected: np.ndarray  # bool per line: the caller's protection rules
@@ -241,6 +248,7 @@ class CodeZipCompressor(BaseCompressor):
         merge_chars: int = 800  # consecutive small top-level code chunks are merged up to this size
         tail_ratio: float = 0.3  # share of the budget pinned to the lines right before the completion point
         import_ratio: float = 0.1  # share of the budget for the current file's (the last document's) imports
+        marker: str = DEFAULT_MARKER  # elision text after the language's comment prefix: "# ..." / "// ..."
 
         def __post_init__(self) -> None:
             if not isinstance(self.model, str) or not self.model.strip():
@@ -267,6 +275,11 @@ class CodeZipCompressor(BaseCompressor):
                 v = getattr(self, name)
                 if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                     raise ConfigError(f"codezip: {name} must be an integer >= {lo}, got {v!r}")
+            if not isinstance(self.marker, str) or not self.marker.strip() or "\n" in self.marker or "\r" in self.marker:
+                raise ConfigError(
+                    f"codezip: marker must be non-empty single-line text written after the comment prefix "
+                    f"(e.g. '...' gives '# ...', '[... lines elided ...]' gives '# [... lines elided ...]'), got {self.marker!r}"
+                )
             if self.dtype not in _DTYPES:
                 raise ConfigError(f"codezip: dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
             if self.device is not None and not isinstance(self.device, str):
@@ -635,7 +648,7 @@ class CodeZipCompressor(BaseCompressor):
             else:
                 indent_src = lines[code_rows[0]]
                 indent = indent_src[: len(indent_src) - len(indent_src.lstrip(" \t"))]
-                out.append(f"{indent}{doc.comment} ...\n")
+                out.append(f"{indent}{doc.comment}\n")
             markers += 1
             i = j
         text = "".join(out)
@@ -651,7 +664,7 @@ class CodeZipCompressor(BaseCompressor):
         counter = get_counter(request.target_model)
         layouts = [chunk_code(u.text, self._language(cfg, request, i)[0] if i < len(request.documents) else cfg.language,
                               merge_chars=cfg.merge_chars) for i, u in enumerate(docs)]
-        states = [self._doc_state(lay, request, counter) for lay in layouts]
+        states = [self._doc_state(lay, request, counter, cfg.marker) for lay in layouts]
         scorer = self._scorer(cfg)
         query = self._tail_tokens(scorer, self._query(request, layouts), cfg.max_query_tokens)
         chunk_scores = self._coarse_scores(scorer, cfg, states, query)
@@ -671,7 +684,7 @@ class CodeZipCompressor(BaseCompressor):
         return out
 
     @staticmethod
-    def _doc_state(lay: CodeLayout, request: CompressionRequest, counter: TokenCounter) -> _Doc:
+    def _doc_state(lay: CodeLayout, request: CompressionRequest, counter: TokenCounter, marker: str = DEFAULT_MARKER) -> _Doc:
         lines = lay.lines
         line_cost = np.asarray(counter.count_batch(list(lines)), dtype=np.float64) if lines else np.zeros(0)
         line_start = np.concatenate([[0], np.cumsum([len(x) for x in lines])]).astype(np.int64)
@@ -687,7 +700,7 @@ class CodeZipCompressor(BaseCompressor):
         scoreable = np.array(
             [c.kind in ("function", "code") and any(ln.strip() for ln in lines[c.first : c.last + 1])
              for c in lay.chunks], dtype=bool)
-        return _Doc(lay, comment_prefix(lay.language), line_cost, line_start, protected, chunk_cost, scoreable)
+        return _Doc(lay, f"{comment_prefix(lay.language)} {marker.strip()}", line_cost, line_start, protected, chunk_cost, scoreable)
 
     def compress(self, request: CompressionRequest) -> CompressionResult:
         started = time.perf_counter()
@@ -712,7 +725,7 @@ class CodeZipCompressor(BaseCompressor):
                                origin_doc_tokens=origin_doc_tokens, origin_tokens=origin_tokens, method=self.name,
                                method_version=self.version, started=started, details={"under_budget": True})
         layouts = self._layouts(request, cfg)
-        docs = [self._doc_state(lay, request, counter) for lay in layouts]
+        docs = [self._doc_state(lay, request, counter, cfg.marker) for lay in layouts]
         texts, spans, warnings, details = self._run(request, cfg, docs, counter, budget)
         result = make_result(
             request, texts=texts, spans=spans, counter=counter, origin_doc_tokens=origin_doc_tokens,
@@ -739,7 +752,7 @@ class CodeZipCompressor(BaseCompressor):
         plain: dict[tuple[int, int], Any] = {}
         scores = self._coarse_scores(scorer, cfg, docs, query, plain)
         timings["coarse_s"] = time.perf_counter() - t0
-        marker_cost = float(counter.count("    # ...\n"))
+        marker_cost = max(float(counter.count(f"    {d.comment}\n")) for d in docs) if docs else float(counter.count(f"    # {cfg.marker.strip()}\n"))
         sep_cost = float(counter.count(DOC_SEPARATOR))
 
         chunk_keep = [np.zeros(len(d.layout.chunks), dtype=bool) for d in docs]
