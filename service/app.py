@@ -247,6 +247,89 @@ def _error(status: int, kind: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"type": kind, "message": message, **extra}}, status_code=status)
 
 
+class _LimitsAndMetrics:
+    """Request body limit (413) and the request counters/latency histogram, as a plain ASGI middleware.
+
+    Not ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware`` runs every request through an extra task
+    group and memory streams, about a hundred extra objects per in-flight request. Under the load test (200
+    requests waiting for the compression worker) those made the server's gen-1 garbage collections 20-30 ms long,
+    which is what delayed ``/livez`` answers (docs/benchmarks/service.md).
+    """
+
+    def __init__(self, app: Any, *, max_body_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope.get("path", "")
+        length = None
+        for name, value in scope.get("headers") or ():
+            if name == b"content-length":
+                length = value
+                break
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_body_bytes
+            except ValueError:
+                await _error(400, "bad_request", "invalid Content-Length header")(scope, receive, send)
+                return
+            if too_big:
+                self.metrics.requests.labels(path, "413").inc()
+                await self._too_big(scope, receive, send)
+                return
+        elif scope.get("method") in ("POST", "PUT", "PATCH"):
+            # no Content-Length (chunked): read the body here, counting, and replay it to the app
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # the client went away
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    self.metrics.requests.labels(path, "413").inc()
+                    await self._too_big(scope, receive, send)
+                    return
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            body = b"".join(chunks)
+            replayed = False
+
+            async def receive_replay() -> dict[str, Any]:
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            receive = receive_replay
+        status = 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", path)
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    async def _too_big(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        await _error(413, "payload_too_large", f"request body over {self.max_body_bytes} bytes")(scope, receive, send)
+
+
 # ------------------------------------------------------------------ app
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
     config = config or ServiceConfig.load()
@@ -275,33 +358,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     )
     app.state.ctxzip = state
 
-    # body size limit (also for chunked bodies without Content-Length)
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > config.max_body_bytes
-            except ValueError:
-                return _error(400, "bad_request", "invalid Content-Length header")
-            if too_big:
-                state.metrics.requests.labels(request.url.path, "413").inc()
-                return _error(413, "payload_too_large", f"request body over {config.max_body_bytes} bytes")
-        elif request.method in ("POST", "PUT", "PATCH"):
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > config.max_body_bytes:
-                    state.metrics.requests.labels(request.url.path, "413").inc()
-                    return _error(413, "payload_too_large", f"request body over {config.max_body_bytes} bytes")
-            request._body = body  # noqa: SLF001 - starlette caches the body here for later reads
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", request.url.path)
-        state.metrics.requests.labels(endpoint, str(response.status_code)).inc()
-        state.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    # body size limit (also for chunked bodies without Content-Length) and request metrics, as plain ASGI
+    app.add_middleware(_LimitsAndMetrics, max_body_bytes=config.max_body_bytes, metrics=state.metrics)
 
     @app.exception_handler(UnknownNameError)
     async def _unknown(_: Request, exc: UnknownNameError) -> JSONResponse:
@@ -319,7 +377,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     async def _ctxzip(_: Request, exc: CtxzipError) -> JSONResponse:
         return _error(500, type(exc).__name__, str(exc))
 
-    def api_key(
+    # async (they never block): a plain ``def`` dependency runs in the thread pool, one thread hop per request
+    async def api_key(
         x_ctxzip_key: str | None = Header(default=None, description="the sidecar's own API key"),
         authorization: str | None = Header(default=None, include_in_schema=False),
     ) -> str:
@@ -333,7 +392,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             raise HTTPException(401, "missing or invalid sidecar key (send it in x-ctxzip-key)")
         return key
 
-    def proxy_key(x_ctxzip_key: str | None = Header(default=None, description="the sidecar's own API key")) -> str:
+    async def proxy_key(x_ctxzip_key: str | None = Header(default=None, description="the sidecar's own API key")) -> str:
         """Proxy endpoints forward Authorization upstream, so the sidecar key travels in x-ctxzip-key."""
         if not config.api_keys:
             return x_ctxzip_key or "default"

@@ -212,12 +212,23 @@ def test_compress_endpoint_shapes_and_errors(tmp_path):
         assert r.status_code == 400 and "truncate" in r.json()["error"]["valid"]
         assert c.post("/v1/compress", content=b"{nope", headers={"content-type": "application/json"}).status_code == 422
         assert c.post("/v1/compress", content=b"x" * 300_000, headers={"content-type": "application/json"}).status_code == 413
+        # chunked bodies (no Content-Length) are counted as they arrive: over the limit 413, under it served
+        big = (b"x" * 50_000 for _ in range(6))
+        r = c.post("/v1/compress", content=big, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["type"] == "payload_too_large"
+        small = json.dumps({"context": "alpha beta gamma " * 50, "rate": 0.5, "method": "truncate"}).encode()
+        parts = (small[i : i + 100] for i in range(0, len(small), 100))
+        r = c.post("/v1/compress", content=parts, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        assert c.post("/v1/compress", content=b"{}", headers={"content-type": "application/json",
+                                                              "content-length": "nope"}).status_code == 400
         assert c.get("/v1/retrieve/000000000000").status_code == 404
         metrics = c.get("/metrics").text
-        assert 'ctxzip_requests_total{endpoint="/v1/compress",status="200"}' in metrics
+        assert 'ctxzip_requests_total{endpoint="/v1/compress",status="200"} 3.0' in metrics
+        assert 'ctxzip_requests_total{endpoint="/v1/compress",status="413"} 2.0' in metrics
         assert "ctxzip_tokens_saved_total" in metrics
-        # counted from the worker's results: the documents call and the messages call
-        assert 'ctxzip_compression_seconds_count{method="truncate"} 1.0' in metrics
+        # counted from the worker's results: two documents calls and the messages call
+        assert 'ctxzip_compression_seconds_count{method="truncate"} 2.0' in metrics
         assert 'ctxzip_compression_seconds_count{method="messages/truncate"} 1.0' in metrics
         assert "ctxzip_cache_hits" in metrics  # the segment cache's own counters
         pids = app.state.ctxzip.pool.pids()
