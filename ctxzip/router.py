@@ -26,10 +26,10 @@ route            candidates (first available wins)
 code             ``codezip`` → ``lingua`` → ``embed-rank`` (sentence = line level) → ``truncate``
 json             ``json-values``: structure-preserving value compression (below)
 logs             ``log-lines``: keeps error/warning and rare lines whole, drops repeated templates
-prose_question   prose or chat with a question: pipeline ``embed-rank`` (sentence) → ``lingua2`` (a
-                 question-aware coarse filter before lingua2; fast: thousands of tokens/s on a CPU) →
-                 ``longlingua`` → ``embed-rank`` → ``truncate``. ``longlingua`` (SmolLM2 perplexities, tens to
-                 hundreds of tokens/s on a CPU) is one ``routes={"prose_question": ["longlingua"]}`` away.
+prose_question   prose or chat with a question: ``lingua2`` (its question-aware BM25 coarse filter, then the
+                 token classifier; thousands of tokens/s on a CPU) → ``longlingua`` → ``embed-rank`` →
+                 ``truncate``. ``longlingua`` (SmolLM2 perplexities, tens to hundreds of tokens/s on a CPU) is
+                 one ``routes={"prose_question": ["longlingua"]}`` away.
 prose            prose or chat without a question: ``lingua2`` → ``lingua`` → ``embed-rank`` → ``truncate``
 ===============  ==========================================================================================
 
@@ -79,8 +79,12 @@ DEFAULT_ROUTES: dict[str, tuple[Any, ...]] = {
     "code": ("codezip", "lingua", {"method": "embed-rank", "config": _SENT}, "truncate"),
     "json": ("json-values",),
     "logs": ("log-lines",),
+    # lingua2 alone: with a question it runs its own question-aware coarse filter (stemmed BM25). The former
+    # first candidate, the pipeline embed-rank(sentence) -> lingua2, was worse and half as fast at rate 0.33
+    # (docs/benchmarks/pipelines.md: nq20 20 rows answer 0.80 vs 0.85, qmsum 40 rows span 0.522 vs 0.622,
+    # locomo 152 rows span 0.794 vs 0.870)
     "prose_question": (
-        {"stages": [{"method": "embed-rank", "config": _SENT}, "lingua2"]},
+        "lingua2",
         "longlingua",
         {"method": "embed-rank", "config": _SENT},
         "truncate",
@@ -385,7 +389,7 @@ class Router:
     """Content-type routing over the whole request (see the module docstring)."""
 
     name: ClassVar[str] = "auto"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: prose_question routes to lingua2 alone
     question_aware: ClassVar[bool] = True
 
     @dataclasses.dataclass(frozen=True)
