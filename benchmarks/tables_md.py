@@ -54,7 +54,7 @@ resumable with the commands above (records and LLMLingua's own result cache pers
 
 * `llmlingua-0.2.2` (the reference, in its own venv, same SmolLM2 weights): 30 s to 5 min per row and rate on
   needle (2-4k tokens), ~9 min per row and rate on kv75 when sharing the CPU; qmsum and locomo rows are 14-22k
-  tokens (estimated 3-6 hours per file at three rates). kv75 had 5 of 30 row-rates done when stopped.
+  tokens (estimated 3-6 hours per file at three rates). kv75 had 9 of 30 row-rates in its result cache when stopped.
 * `lingua` (LLMLingua re-implementation, token-level iterative SmolLM2 passes): ~100-150 tokens/s here, i.e.
   ~1 h per qmsum/locomo file at three rates.
 * `codezip` at 0.5 / 0.1 on code.dev: ~8 min per row under load (one SmolLM2 pass over the chunks with the
