@@ -139,11 +139,12 @@ class CausalLMScorer:
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else (sid or 0))
         self.backend = backend
         model = lm.model
-        try:
-            self.decoder = model.get_decoder()
-            head = model.get_output_embeddings()
-        except (AttributeError, NotImplementedError) as exc:
-            raise ModelError(f"{lm.ref.name!r} exposes no decoder body / output embedding to score with") from exc
+        get_decoder = getattr(model, "get_decoder", None)
+        get_head = getattr(model, "get_output_embeddings", None)
+        if get_decoder is None or get_head is None:
+            raise ModelError(f"{lm.ref.name!r} exposes no decoder body / output embedding to score with")
+        self.decoder = get_decoder()
+        head = get_head()
         if head is None or getattr(head, "weight", None) is None:
             raise ModelError(f"{lm.ref.name!r} has no output embedding (lm_head) to score with")
         self.weight = head.weight.detach().float()  # float32 [V, H] (no copy when already float32)
