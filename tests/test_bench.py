@@ -410,6 +410,38 @@ def test_reader_completion_is_one_line_and_deterministic(tiny_reader):
     assert isinstance(ans, str) and ans == tiny_reader.answer("The answer to the question is 42.", "What is the answer?")
 
 
+def test_code_prompt_ending_in_white_space_is_healed(tiny_reader, monkeypatch):
+    r = tiny_reader
+    ids = r._encode("def f(x):\n    y = x + 1\n")
+    healed_ids, text, allowed = r._heal(ids)
+    assert text == r.tokenizer.decode([ids[-1]]) and text and not text.strip() and healed_ids == ids[:-1]
+    assert ids[-1] in allowed and all(r.tokenizer.decode([i]).startswith(text) for i in allowed)
+    assert r._heal(r._encode("x = 1"))[2] is None  # a prompt that ends in code is left alone
+    # the first generated token is drawn from the healed set only, and its healed text is not part of the line
+    seen = {}
+    real = r._greedy
+
+    def spy(ids_, max_new, stop_at_line, first_allowed=None):
+        seen["ids"], seen["allowed"] = ids_, first_allowed
+        return real(ids_, max_new, stop_at_line, first_allowed)
+
+    monkeypatch.setattr(r, "_greedy", spy)
+    line = r.complete_line("def f(x):\n    y = x + 1\n")
+    assert seen["ids"] == healed_ids and seen["allowed"] == allowed and "\n" not in line
+
+
+def test_healed_first_token_is_the_best_allowed_one(tiny_reader):
+    import torch
+
+    r = tiny_reader
+    ids, text, allowed = r._heal(r._encode("a = 1\nb = 2\n"))
+    out = r._greedy(ids, 1, stop_at_line=False, first_allowed=allowed)
+    with torch.inference_mode():
+        logits = r.model(input_ids=torch.tensor([ids])).logits[0, -1]
+    best = max(allowed, key=lambda i: float(logits[i]))
+    assert out == r.tokenizer.decode([best]) and out.startswith(text)
+
+
 @pytest.mark.slow
 def test_shipped_reader_prefers_the_answer_in_its_context():
     pytest.importorskip("torch")
@@ -421,3 +453,6 @@ def test_shipped_reader_prefers_the_answer_in_its_context():
     assert r.answer_nll(ctx, q, "7421") < r.answer_nll(ctx, q, "9836")
     line = r.complete_line("def add(a, b):\n    ")
     assert "\n" not in line and line.strip()
+    # a prefix that ends with a newline: the next statement, not a comment (reader version 1 wrote "#   return")
+    line = r.complete_line("def mean(values):\n    total = sum(values)\n    count = len(values)\n")
+    assert not line.lstrip().startswith("#") and line.startswith("    ")

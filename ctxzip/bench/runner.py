@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import ConfigError, CtxzipError, InputError
 from . import metrics as M
 from .data import CodeRow, Row, code_prompt, load_rows, task_name
-from .reader import DEFAULT_READER, Reader
+from .reader import DEFAULT_READER, READER_VERSION, Reader
 
 __all__ = [
     "PEER_METHOD",
@@ -385,7 +385,8 @@ def method_label(name: str, config: Mapping[str, Any] | None) -> str:
 
 
 def _key(task: str, rid: str, method: str, budget: Budget, target_model: str, reader: str | None) -> tuple:
-    return (task, rid, method, budget.rate, budget.target_tokens, target_model, reader)
+    return (task, rid, method, budget.rate, budget.target_tokens, target_model, reader,
+            READER_VERSION if reader is not None else None)
 
 
 def _record_key(rec: Mapping[str, Any]) -> tuple:
@@ -397,6 +398,7 @@ def _record_key(rec: Mapping[str, Any]) -> tuple:
         rec.get("target_tokens"),
         rec.get("target_model"),
         rec.get("reader"),
+        rec.get("reader_version") if rec.get("reader") is not None else None,
     )
 
 
@@ -427,6 +429,7 @@ def _apply_reader(rec: dict[str, Any], row: Row, context: str, reader: Reader | 
     if reader is None:
         return
     rec["reader"] = reader.name
+    rec["reader_version"] = READER_VERSION
     if isinstance(row, CodeRow):
         pred = reader.complete_line(code_prompt(row.instruction, context, row.prefix))
         rec["prediction"] = pred
@@ -737,6 +740,7 @@ def run_bench(
                     reader_spec = _reader_for(row, cfg)
                     if reader_spec is not None:
                         rec["reader"] = reader_spec
+                        rec["reader_version"] = READER_VERSION
                     prev = done.get(_record_key(rec))
                     if prev is not None:
                         collected.append(prev)
