@@ -7,6 +7,7 @@ import itertools
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,6 +247,35 @@ def test_python_emptied_suites_get_ellipsis(tiny_model):
     _, res = _compress(tiny_model, src, rate=0.3, filename="table.py", question="x", fine_ratio=0.4)
     ast.parse(res.text)
     assert f"# {DEFAULT_MARKER}" in res.text
+
+
+def _header_only_statements(tree: ast.AST) -> list[int]:
+    """Line numbers of compound statements (not def/class) whose every suite is empty or a lone ``...``."""
+    def empty(suite):
+        return all(isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant) and s.value.value is Ellipsis
+                   for s in suite)
+
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.If, ast.For, ast.While, ast.With, ast.Try)):
+            suites = [node.body, getattr(node, "orelse", []), getattr(node, "finalbody", [])]
+            suites += [h.body for h in getattr(node, "handlers", [])]
+            if all(empty(s) for s in suites):
+                out.append(node.lineno)
+    return out
+
+
+@pytest.mark.parametrize("rate", [0.15, 0.3, 0.5])
+def test_no_statement_is_kept_for_its_header_alone(tiny_model, rate):
+    import email._parseaddr as real  # a real module full of if/while/try statements
+
+    src = Path(real.__file__).read_text(encoding="utf-8")
+    assert not _header_only_statements(ast.parse(src))
+    _, res = _compress(tiny_model, src, rate=rate, filename="_parseaddr.py", question="def getaddrlist(self):")
+    tree = ast.parse(res.text)
+    assert _header_only_statements(tree) == [], res.text
+    budget = res.details["budget"]
+    assert abs(res.compressed_tokens - budget) <= 0.05 * budget, (res.compressed_tokens, budget, res.warnings)
 
 
 @pytest.mark.parametrize("language", ["python", "c"])

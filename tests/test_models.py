@@ -227,6 +227,23 @@ def test_load_options_are_validated(tiny_dir):
         load_causal_lm("minilm-l6")
 
 
+
+def test_auto_dtype_is_native_bfloat16_or_float32(tiny_dir, monkeypatch):
+    from ctxzip.models import resolve_dtype
+
+    assert resolve_dtype("float16", "cpu") == "float16"
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+    lm = load_causal_lm(str(tiny_dir), dtype="auto", device="cpu")
+    assert lm.dtype == resolve_dtype("auto", "cpu") and lm.model.dtype == getattr(torch, lm.dtype)
+    # int8 quantisation needs a float32 body: "auto" gives it one instead of failing
+    assert load_causal_lm(str(tiny_dir), dtype="auto", quantize="int8", device="cpu").dtype == "float32"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert resolve_dtype("auto", "cpu") == "float32"
+    with pytest.raises(ConfigError, match="'auto'"):
+        load_causal_lm(str(tiny_dir), dtype="bf16")
+
+
 # ------------------------------------------------------------------------------------------------ scorer
 
 

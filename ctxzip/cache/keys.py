@@ -122,7 +122,7 @@ def config_material(compressor: Any, cfg: Any) -> dict[str, Any]:
             models[field] = model_identity(spec)
         except Exception as exc:  # an unresolvable model makes the request uncacheable, never wrong
             raise CacheError(f"no weights hash for {field}={spec!r} ({type(exc).__name__}: {exc})") from exc
-    return {
+    material = {
         "schema": SCHEMA_VERSION,
         "ctxzip": ctxzip_version,
         "compressor": compressor.name,
@@ -131,6 +131,11 @@ def config_material(compressor: Any, cfg: Any) -> dict[str, Any]:
         "config": _plain(cfg),
         "models": models,
     }
+    if getattr(cfg, "dtype", None) == "auto":  # what "auto" computes in differs between machines sharing a cache
+        from ..models import pick_device, resolve_dtype
+
+        material["dtype"] = resolve_dtype("auto", pick_device(getattr(cfg, "device", None)))
+    return material
 
 
 def score_context(compressor: Any, request: Any, counter: Any, cfg: Any) -> str:

@@ -90,7 +90,7 @@ from ..units import Units
 
 __all__ = ["CodeZipCompressor", "knapsack"]
 
-_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Text written after the comment prefix for every elided run. On code.dev (docs/benchmarks/codezip.md) the SmolLM2
 # reader copied a bare "# ..." as its completion on 6 of 8 rows (edit similarity 0.047) and "[... lines elided ...]"
 # raised the same rows to 0.247, but the longer marker costs ~6 more tokens per elision and breaks the 5% budget
@@ -201,6 +201,16 @@ class _Func:
         for k in range(len(self.nodes) - 1, 0, -1):  # closure: a kept node keeps its ancestors
             if keep[k]:
                 keep[self.parent[k]] = True
+        # A compound statement kept for its header alone (its block was chosen, none of its body's statements)
+        # would render as `if x:` over an elided suite (`...` in Python); drop it whole instead. Bottom-up
+        # (pre-order reversed), so a parent left with no kept statement goes too. On code.dev the reader copied
+        # those `...` suites as its completion, and they carry nothing the query needs.
+        has_kept_child = np.zeros(len(self.nodes), dtype=bool)
+        for k in range(len(self.nodes) - 1, 0, -1):
+            if keep[k] and self.nodes[k].children and not has_kept_child[k] and not self.forced[k]:
+                keep[k] = False
+            if keep[k]:
+                has_kept_child[self.parent[k]] = True
         return keep
 
     def kept_lines(self) -> np.ndarray:
@@ -228,7 +238,7 @@ class _Doc:
 
 @register("codezip")
 class CodeZipCompressor(BaseCompressor):
-    version = "1"
+    version = "2"
     question_aware = True
 
     @dataclasses.dataclass(frozen=True)
@@ -243,7 +253,7 @@ class CodeZipCompressor(BaseCompressor):
         max_query_tokens: int = 128  # the query's last N model tokens condition the scores
         max_chunk_tokens: int = 384  # a chunk's first N model tokens are scored
         batch_size: int = 8
-        dtype: str = "float32"
+        dtype: str = "auto"  # bfloat16 where the device runs it natively, else float32 (models.resolve_dtype)
         device: str | None = None
         merge_chars: int = 800  # consecutive small top-level code chunks are merged up to this size
         tail_ratio: float = 0.3  # share of the budget pinned to the lines right before the completion point
@@ -1090,6 +1100,8 @@ class CodeZipCompressor(BaseCompressor):
                 continue
             kept = f.kept_nodes()
             for k in np.flatnonzero(~kept):
+                if f.nodes[k].children:  # a header alone is dropped again (kept_nodes); its statements bring it
+                    continue
                 c = f.node_cost[k]
                 p = f.parent[k]
                 while not kept[p]:

@@ -10,7 +10,16 @@ Importing this package does not import torch or transformers; loading a model do
 from __future__ import annotations
 
 from .convert import ensure_converted
-from .loading import DTYPES, LoadedLM, clear_shared, load_causal_lm, load_encoder, pick_device, shared
+from .loading import (
+    DTYPES,
+    LoadedLM,
+    clear_shared,
+    load_causal_lm,
+    load_encoder,
+    pick_device,
+    resolve_dtype,
+    shared,
+)
 from .scorer import CausalLMScorer, PrefixStream, TokenScores
 from .specs import (
     DEFAULT_CAUSAL_LM,
@@ -26,6 +35,7 @@ __all__ = [
     "DEFAULT_CAUSAL_LM",
     "DEFAULT_ENCODER",
     "DTYPES",
+    "resolve_dtype",
     "ModelRef",
     "ModelSpec",
     "LoadedLM",
