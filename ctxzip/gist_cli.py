@@ -30,6 +30,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--continuation-tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+                   help="learning rate: constant, or cosine from --lr down to --lr/10 at --max-steps")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
     p.add_argument("--recon-weight", type=float, default=0.2, help="share of reconstruction steps (default 0.2)")
     p.add_argument("--max-minutes", type=float, default=20.0, help="wall-clock cap of this run")
     p.add_argument("--max-steps", type=int, default=100_000)
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(out_dir=args.out, data_dir=args.data_dir, segment_tokens=args.segment_tokens,
                       continuation_tokens=args.continuation_tokens, batch_size=args.batch_size, lr=args.lr,
                       recon_weight=args.recon_weight, max_minutes=args.max_minutes, max_steps=args.max_steps,
-                      checkpoint_every=args.checkpoint_every, seed=args.seed, threads=args.threads)
+                      checkpoint_every=args.checkpoint_every, seed=args.seed, threads=args.threads,
+                      schedule=args.schedule, warmup_steps=args.warmup_steps)
     from .gist.train import train
 
     summary = train(cfg, gist, log=lambda s: print(s, file=sys.stderr, flush=True))

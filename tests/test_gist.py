@@ -74,12 +74,27 @@ def test_gist_config_json_roundtrip():
     ({"lr": 0}, "lr"),
     ({"segment_tokens": 4}, "segment_tokens"),
     ({"out_dir": ""}, "out_dir"),
+    ({"schedule": "linear"}, "schedule"),
+    ({"warmup_steps": -1}, "warmup_steps"),
 ])
 def test_train_config_rejects(kwargs, msg):
     base = {"out_dir": "/tmp/x"}
     base.update(kwargs)
     with pytest.raises(ConfigError, match=msg):
         TrainConfig(**base)
+
+
+def test_learning_rate_schedule():
+    const = TrainConfig(out_dir="/tmp/x", lr=1e-3)
+    assert {const.lr_at(s) for s in (0, 10, 99_999)} == {1e-3}
+    cos = TrainConfig(out_dir="/tmp/x", lr=1e-3, schedule="cosine", warmup_steps=10, max_steps=110)
+    warm = [cos.lr_at(s) for s in range(10)]
+    assert warm == sorted(warm) and warm[0] == pytest.approx(1e-4) and warm[-1] == pytest.approx(1e-3)
+    decay = [cos.lr_at(s) for s in range(10, 111)]
+    assert decay[0] == pytest.approx(1e-3) and decay[-1] == pytest.approx(1e-4)
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert decay[50] == pytest.approx(0.55e-3)  # half-way: the mean of lr and lr/10
+    assert cos.lr_at(500) == pytest.approx(1e-4)  # past max_steps it stays at the floor
 
 
 # ---------------------------------------------------------------- encoder

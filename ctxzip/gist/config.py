@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["GistConfig", "TrainConfig"]
+__all__ = ["GistConfig", "TrainConfig", "SCHEDULES"]
+
+SCHEDULES = ("constant", "cosine")
 
 
 def _pos_int(name: str, value: Any, *, minimum: int = 1, hint: str = "") -> None:
@@ -96,6 +99,19 @@ class TrainConfig:
     checkpoint_every: int = 10
     seed: int = 0
     threads: int = 2
+    schedule: str = "constant"  # "cosine": from lr down to lr/10 at max_steps
+    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps to lr
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of step ``step`` (0-based): a function of the step alone, so a resumed run matches."""
+        scale = 1.0
+        if self.warmup_steps and step < self.warmup_steps:
+            scale = (step + 1) / self.warmup_steps
+        elif self.schedule == "cosine":
+            span = max(1, self.max_steps - self.warmup_steps)
+            progress = min(1.0, (step - self.warmup_steps) / span)
+            scale = 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return float(self.lr) * scale
 
     def __post_init__(self) -> None:
         if not isinstance(self.out_dir, str) or not self.out_dir:
@@ -107,6 +123,9 @@ class TrainConfig:
         _pos_int("checkpoint_every", self.checkpoint_every)
         _pos_int("threads", self.threads)
         _pos_int("seed", self.seed, minimum=0)
+        _pos_int("warmup_steps", self.warmup_steps, minimum=0)
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         for name in ("lr", "max_minutes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
