@@ -243,6 +243,13 @@ def test_run_bench_truncate_resume_and_side_by_side(tmp_path):
     rep2 = run_bench(cfg, progress=False)
     assert len(out.read_text().splitlines()) == 16
     assert [s.to_dict() for s in rep2.summaries] == [s.to_dict() for s in rep.summaries]
+    # a record written by another implementation version is recomputed, not reused
+    lines = out.read_text().splitlines()
+    stale = [json.dumps(dict(json.loads(ln), method_version="0")) for ln in lines[:4]]
+    out.write_text("\n".join(stale) + "\n")
+    run_bench(cfg, progress=False)
+    recs = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert len(recs) == 4 + 16 and {r["method_version"] for r in recs[4:]} == {"1"}
     # deterministic: a fresh run of random gives the same records
     cfg3 = BenchConfig(task_file=str(task), methods=("random",), budgets=(Budget(rate=0.25),))
     a = [r["compressed_tokens"] for r in run_bench(cfg3, progress=False).records]

@@ -389,6 +389,15 @@ def _key(task: str, rid: str, method: str, budget: Budget, target_model: str, re
             READER_VERSION if reader is not None else None)
 
 
+def _method_version(name: str) -> str | None:
+    """The implementation version of compressor ``name`` (``None`` for the LLMLingua peer, which has none)."""
+    if name == PEER_METHOD:
+        return None
+    from ..registry import compressor_class
+
+    return str(getattr(compressor_class(name), "version", ""))
+
+
 def _record_key(rec: Mapping[str, Any]) -> tuple:
     return (
         rec.get("task"),
@@ -639,11 +648,13 @@ def run_bench(
                 name, conf = parse_method_spec(spec)
                 conf.update(cfg.method_config.get(spec, {}))
                 label = method_label(name, conf)
+                current = _method_version(name)
                 todo: list[tuple[Budget, Row]] = []
                 for b in cfg.budgets:
                     for row in rows:
                         k = _key(task, row.id, label, b, cfg.target_model, _reader_for(row, cfg))
-                        if k in done:
+                        # a record of another implementation version is recomputed (and the new one appended)
+                        if k in done and (current is None or str(done[k].get("method_version", "")) == current):
                             collected.append(done[k])
                         else:
                             todo.append((b, row))
