@@ -30,7 +30,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--continuation-tokens", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant",
+    from .gist.config import SCHEDULES
+
+    p.add_argument("--schedule", choices=SCHEDULES, default="constant",
                    help="learning rate: constant, or cosine from --lr down to --lr/10 at --max-steps")
     p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps")
     p.add_argument("--recon-weight", type=float, default=0.2, help="share of reconstruction steps (default 0.2)")

@@ -166,8 +166,9 @@ def train(cfg: TrainConfig, gist: GistConfig, *, lm: Any = None, log: Callable[[
             task = "recon" if rng.random() < cfg.recon_weight else "cont"
             factor = int(rng.choice(np.asarray(gist.factors)))
             ids = torch.from_numpy(corpus.windows(cfg.batch_size, window, rng)).to(device)
+            lr = cfg.lr_at(step)
             for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(step)
+                group["lr"] = lr
             ts = time.monotonic()
             loss, correct, n = batch_loss(encoder, ids, cfg.segment_tokens, factor, task)
             opt.zero_grad(set_to_none=True)
@@ -179,7 +180,7 @@ def train(cfg: TrainConfig, gist: GistConfig, *, lm: Any = None, log: Callable[[
             value = float(loss.detach())
             (cont_losses if task == "cont" else recon_losses).append(value)
             rec = {"step": step, "task": task, "factor": factor, "loss": round(value, 5),
-                   "acc": round(correct / n, 5), "lr": round(cfg.lr_at(step - 1), 8), "seconds": round(last, 3),
+                   "acc": round(correct / n, 5), "lr": round(lr, 8), "seconds": round(last, 3),
                    "elapsed": round(time.monotonic() - t0, 2)}
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
