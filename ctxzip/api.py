@@ -6,7 +6,7 @@ import asyncio
 import threading
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .registry import compressor_class, list_compressors
 from .types import CompressionRequest, CompressionResult
 
@@ -63,6 +63,7 @@ def compress(
 
     ``config`` configures the compressor instance (shared per process); ``options`` are per-call options
     (any of the compressor's config fields, plus ``seed``, ``strict``, ``route``, ``max_chars``, ...).
+    A context without any text (``""``, ``[]``, only whitespace) raises :class:`InputError`.
     """
     request = CompressionRequest.create(
         context,
@@ -74,6 +75,13 @@ def compress(
         protect=protect,
         **options,
     )
+    if not any(d.text.strip() for d in request.documents):
+        n = len(request.documents)
+        what = "no documents" if n == 0 else "no text in its document" if n == 1 else f"no text in any of its {n} documents"
+        raise InputError(
+            f"context is empty ({what}): there is nothing to compress; skip the call when there is no context "
+            "(e.g. retrieval found nothing)"
+        )
     if config is not None and not isinstance(config, dict):
         raise ConfigError(f"config must be a dict of compressor settings, got {type(config).__name__}")
     compressor = shared_compressor(_resolve_method(method), **(config or {}))

@@ -280,6 +280,8 @@ def _check_messages(messages: Any) -> list[Mapping[str, Any]]:
             "messages must be a list of {'role': ..., 'content': ...} mappings (OpenAI chat format), "
             f"got {type(messages).__name__}"
         )
+    if len(messages) == 0:
+        raise InputError("messages is empty: a chat request needs at least one message, so there is nothing to compress")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping):

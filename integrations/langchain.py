@@ -76,8 +76,8 @@ class CtxzipCompressor(_CtxzipFields, BaseDocumentCompressor):
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
-        if not documents:
-            return []
+        if not any(d.page_content.strip() for d in documents):
+            return []  # nothing to compress (ctxzip.compress rejects an empty context)
         result = ctxzip.compress(
             [d.page_content for d in documents], question=query or None, **self._settings().kwargs()
         )
@@ -86,8 +86,8 @@ class CtxzipCompressor(_CtxzipFields, BaseDocumentCompressor):
     async def acompress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
-        if not documents:
-            return []
+        if not any(d.page_content.strip() for d in documents):
+            return []  # nothing to compress (ctxzip.compress rejects an empty context)
         result = await ctxzip.acompress(
             [d.page_content for d in documents], question=query or None, **self._settings().kwargs()
         )

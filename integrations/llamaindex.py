@@ -70,8 +70,8 @@ class CtxzipNodePostprocessor(BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        if not nodes:
-            return []
+        if not any(t.strip() for t in self._texts(nodes)):
+            return []  # nothing to compress (ctxzip.compress rejects an empty context)
         question = query_bundle.query_str if query_bundle is not None else None
         result = ctxzip.compress(self._texts(nodes), question=question, **self._settings().kwargs())
         return self._apply(nodes, result)
@@ -79,8 +79,8 @@ class CtxzipNodePostprocessor(BaseNodePostprocessor):
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        if not nodes:
-            return []
+        if not any(t.strip() for t in self._texts(nodes)):
+            return []  # nothing to compress (ctxzip.compress rejects an empty context)
         question = query_bundle.query_str if query_bundle is not None else None
         result = await ctxzip.acompress(self._texts(nodes), question=question, **self._settings().kwargs())
         return self._apply(nodes, result)

@@ -48,6 +48,8 @@ def test_compress_stdin_text_and_summary():
         (["compress", "--rate", "0.5"], b"\x00\x01\x02binary", b"binary"),
         (["compress", "--rate", "0.5", "--method", "nope"], b"text", b"valid compressor names"),
         (["compress", "--rate", "0.5", "/does/not/exist"], None, b"No such file"),
+        (["compress", "--rate", "0.5", "--method", "truncate"], b"", b"context is empty"),
+        (["compress", "--rate", "0.5", "--method", "truncate"], b" \n\n ", b"nothing to compress"),
     ],
 )
 def test_cli_errors_are_clean(args, stdin, needle):

@@ -71,11 +71,28 @@ def test_result_fields_and_metadata():
         r.text = "x"  # immutable
 
 
-def test_empty_input_returns_empty_result():
-    r = ctxzip.compress("", rate=0.3, method="truncate")
-    assert r.text == "" and r.rate == 1.0 and r.origin_tokens == 0
-    r = ctxzip.compress([], rate=0.3, method="random")
-    assert r.text == "" and r.rate == 1.0
+@pytest.mark.parametrize(
+    "context, match",
+    [("", "no text in its document"), ("  \n\t ", "no text in its document"), ([], "no documents"),
+     (["", {"text": "  "}], "no text in any of its 2 documents"), (b"", "no text")],
+)
+def test_empty_input_is_rejected(context, match):
+    with pytest.raises(ctxzip.InputError, match=match) as err:
+        ctxzip.compress(context, rate=0.3, method="truncate")
+    assert "nothing to compress" in str(err.value)
+
+
+def test_empty_messages_are_rejected_but_empty_contents_pass():
+    with pytest.raises(ctxzip.InputError, match="messages is empty"):
+        ctxzip.compress_messages([], rate=0.5)
+    out = ctxzip.compress_messages([{"role": "user", "content": ""}], rate=0.5, method="truncate")
+    assert out.messages == ({"role": "user", "content": ""},)
+
+
+def test_low_level_protocol_keeps_empty_documents():
+    # the request protocol itself accepts documents without text (a pipeline stage may pass them on)
+    r = ctxzip.get_compressor("truncate").compress(ctxzip.CompressionRequest.create(["", "abc def"], rate=1.0))
+    assert [d.text for d in r.documents] == ["", "abc def"]
 
 
 def test_under_budget_returns_whole_input():

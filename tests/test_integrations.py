@@ -111,6 +111,20 @@ def test_langchain_drops_documents_compressed_away():
     assert out[0].metadata["i"] == 0
 
 
+def test_integrations_pass_empty_retrievals_through():
+    from langchain_core.documents import Document
+
+    from ctxzip.integrations.langchain import CtxzipCompressor
+    from ctxzip.integrations.llamaindex import CtxzipNodePostprocessor
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    comp = CtxzipCompressor(method="truncate", rate=0.5)
+    assert comp.compress_documents([], "q") == []
+    assert comp.compress_documents([Document(page_content=" "), Document(page_content="")], "q") == []
+    post = CtxzipNodePostprocessor(method="truncate", rate=0.5)
+    assert post.postprocess_nodes([NodeWithScore(node=TextNode(text=""), score=1.0)], query_str="q") == []
+
+
 def test_langchain_runnable_on_strings():
     from ctxzip.integrations.langchain import CtxzipRunnable
 

@@ -208,6 +208,8 @@ def test_compress_endpoint_shapes_and_errors(tmp_path):
         assert g["tokens_after"] < g["tokens_before"]
         # errors
         assert c.post("/v1/compress", json={"context": "a", "rate": 0}).status_code == 422
+        r = c.post("/v1/compress", json={"context": "  ", "rate": 0.5, "method": "truncate"})
+        assert 400 <= r.status_code < 500 and "context is empty" in r.text, r.text
         r = c.post("/v1/compress", json={"context": "a b", "rate": 0.5, "method": "nope"})
         assert r.status_code == 400 and "truncate" in r.json()["error"]["valid"]
         assert c.post("/v1/compress", content=b"{nope", headers={"content-type": "application/json"}).status_code == 422
