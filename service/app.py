@@ -512,6 +512,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         if (x_ctxzip_bypass or "").lower() in ("1", "true", "yes"):
             extra["x-ctxzip-bypassed"] = "true"
             return await _send(request, "/chat/completions", payload, extra)
+        if not payload["messages"]:  # nothing to compress: the upstream answers with its own error
+            return await _send(request, "/chat/completions", payload, extra)
         started = time.perf_counter()
         try:
             out = await state.run("messages", messages=payload["messages"], model=model, config=config, overrides={},

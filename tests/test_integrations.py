@@ -113,10 +113,10 @@ def test_langchain_drops_documents_compressed_away():
 
 def test_integrations_pass_empty_retrievals_through():
     from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
 
     from ctxzip.integrations.langchain import CtxzipCompressor
     from ctxzip.integrations.llamaindex import CtxzipNodePostprocessor
-    from llama_index.core.schema import NodeWithScore, TextNode
 
     comp = CtxzipCompressor(method="truncate", rate=0.5)
     assert comp.compress_documents([], "q") == []

@@ -162,6 +162,10 @@ def test_bypass_and_passthrough(proxy):
                    headers={"x-ctxzip-bypass": "true"})
     assert r.status_code == 200 and r.headers["x-ctxzip-bypassed"] == "true"
     assert up.state.received[-1]["body"]["messages"] == msgs
+    # an empty messages list is the client's error: forwarded untouched for the upstream to answer, not a failure
+    r = httpx.post(sidecar.url + "/v1/chat/completions", json={"model": "gpt-4o", "messages": []})
+    assert up.state.received[-1]["body"]["messages"] == [] and "x-ctxzip-error" not in r.headers
+    assert 'ctxzip_compression_failures_total{mode="open"} 1.0' not in httpx.get(sidecar.url + "/metrics").text
     assert httpx.get(sidecar.url + "/v1/models").json()["data"][0]["id"] == "fake-model"
     assert httpx.post(sidecar.url + "/v1/embeddings", json={"input": "x", "model": "e"}).status_code == 200
 
