@@ -63,4 +63,18 @@ with open(os.path.join(out, "ctxzip-converted.json"), "w") as fh:
     json.dump({"source": os.path.join(d, f), "tie_word_embeddings": cfg.get("tie_word_embeddings")}, fh)
 PY
 fi
+# transformers 4.46's GGUF reader writes a tokenizer config with clean_up_tokenization_spaces=true, which the
+# SmolLM2 tokenizer does not have: decode() then drops the space before punctuation, LLMLingua's
+# get_prefix_length assertion fails on text written that way (QMSum transcripts: "That 's great ."), and its
+# recovered text would differ from the input. Byte-level BPE decodes exactly with it off (also patches older builds).
+"$py" - "$peer/smollm2/tokenizer_config.json" <<'PY'
+import json, sys
+path = sys.argv[1]
+with open(path) as fh:
+    cfg = json.load(fh)
+if cfg.get("clean_up_tokenization_spaces") is not False:
+    cfg["clean_up_tokenization_spaces"] = False
+    with open(path, "w") as fh:
+        json.dump(cfg, fh, indent=2)
+PY
 echo "$peer"
