@@ -38,6 +38,27 @@ def test_light_import():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_models_load_from_the_root_of_a_source_checkout():
+    # `python -c` in the repository root puts the root on sys.path, where the folder kernels/ (ctxzip.kernels)
+    # would shadow Hugging Face's `kernels` package that transformers imports
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "from ctxzip._lazy import require; require('transformers'); from transformers import activations; "
+        "import kernels, pathlib; print(pathlib.Path(kernels.__file__).resolve())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("kernels")  # installed with transformers >= 5
+    except importlib.metadata.PackageNotFoundError:
+        return
+    assert Path(out.stdout.strip()) != root / "kernels" / "__init__.py"
+
+
 def test_registry_lists_and_rejects():
     names = ctxzip.list_compressors()
     for n in ("truncate", "random", "embed-rank"):
