@@ -39,6 +39,7 @@ ORDER = ["truncate", 'truncate(side="tail")', "random", "embed-rank", "longlingu
 
 RATES = (0.5, 0.25, 0.1)
 CODE_ONLY = ('truncate(side="tail")', "codezip")
+PEER = "llmlingua-0.2.2"
 # code.dev: the code-aware compressor, the baselines and lingua2 (longlingua only at 0.25, see codezip.md)
 CODE_METHODS = ["truncate", 'truncate(side="tail")', "random", "embed-rank", "lingua2", "codezip"]
 
@@ -69,7 +70,6 @@ ctxzip bench $D/code.dev.jsonl.gz -m 'embed-rank,lingua2' -r 0.1 -n 20 --json --
 ctxzip bench $D/code.dev.jsonl.gz -m 'truncate[side=tail]' -r 0.5 -n 20 --json --out $R/code-records.jsonl
 ctxzip bench $D/code.dev.jsonl.gz -m lingua2 -r 0.5 -n 20 --json --out $R/code-records.jsonl
 ctxzip bench $D/code.dev.jsonl.gz -m 'truncate,random,embed-rank' -r 0.5,0.25 -n 20 --json --out $R/code-records.jsonl
-# codezip at 0.5 and 0.1: 10 of 20 rows so far (-n 10 ran; this command completes them)
 ctxzip bench $D/code.dev.jsonl.gz -m codezip -r 0.5,0.1 -n 20 --json --out $R/code-records.jsonl"""
 
 
@@ -78,19 +78,22 @@ FOOTER = """## Status of the missing cells
 The missing cells are the slowest methods on this CPU-only, 2-core machine (no GPU was lent to this task), all
 resumable with the commands above (records and LLMLingua's own result cache persist):
 
-* `llmlingua-0.2.2` (the reference, in its own venv, same SmolLM2 weights): 30 s to 5 min per row and rate on
-  needle (2-4k tokens), ~9 min per row and rate on kv75 when sharing the CPU; qmsum and locomo rows are 14-22k
-  tokens (estimated 3-6 hours per file at three rates). kv75 had 9 of 30 row-rates in its result cache when stopped.
-* `lingua` (LLMLingua re-implementation, token-level iterative SmolLM2 passes): ~100-150 tokens/s here, i.e.
-  ~1 h per qmsum/locomo file at three rates.
+* `llmlingua-0.2.2` (the reference, in its own venv, same SmolLM2 weights, one thread, sharing the 2 cores with a
+  second benchmark): 30 s to 5 min per row and rate on needle (2-4k tokens), 2.5-3 min on kv75; the first qmsum row
+  (22k tokens) took 1,454 / 512 / 254 s at rates 0.5 / 0.25 / 0.1 and the first locomo row (15k tokens)
+  583 / 175 / 98 s, with 6.5 GB peak RSS. Where it has fewer rows than the table, a second table under it puts every
+  method on exactly its rows. Until 2026-12-04 every qmsum row crashed it (an assertion in LLMLingua's
+  `get_prefix_length`, from the converted tokenizer's `clean_up_tokenization_spaces`; docs/benchmarks/bench.md).
+* On kv75 LLMLingua 0.2.2 keeps no answer at any rate: its token-level pruning drops characters inside the UUIDs
+  (`"27664c1e-7d745036-c0b "71b81-17e-...`), so no 36-character answer survives whole.
+* `lingua` (LLMLingua re-implementation, token-level iterative SmolLM2 passes): 45-100 tokens/s here when sharing
+  the CPU, i.e. about 1 h per qmsum/locomo file at three rates.
 * code.dev: the benchmark reader changed on 2026-12-04 (version 2 heals the prompt's final newline token;
   version 1 never wrote an indented statement, docs/benchmarks/bench.md), so the 8-row version-1 table is not
-  carried over: its cells are incomparable. The table has 20 rows with reader version 2 for every method and rate
-  except codezip at 0.5 and 0.1, which have 10 of the 20 (about 1.5 CPU-minutes per row and rate); all 47 rows at rate 0.25 for the
-  methods of issue #11 are in docs/benchmarks/codezip.md.
-
-The `auto` rows were run with `auto` version 1 (prose with a question went through embed-rank → lingua2);
-version 2 routes it to `lingua2` alone (docs/benchmarks/pipelines.md), so its rows now equal `lingua2`'s on prose.
+  carried over: its cells are incomparable. The table has 20 rows with reader version 2 for every method and rate;
+  all 47 rows at rate 0.25 for the methods of issue #11 are in docs/benchmarks/codezip.md.
+* The `auto` rows are `auto` version 2 (re-run on 2026-12-04; prose with a question goes to `lingua2`, so they
+  equal `lingua2`'s there; kv75's JSON document is routed to the structured-data path, hence its 1.000).
 """
 
 
@@ -222,7 +225,7 @@ def render(runs: Path, data: Path, records_dir: Path = RECORDS, previous: Path =
         partial = []
         used: list[dict] = []
         for (method, rate), recs in groups.items():
-            recs = _versions(name, recs, method, rate)
+            recs = groups[(method, rate)] = _versions(name, recs, method, rate)
             used += recs
             if len(recs) < n:
                 partial.append(((_method_rank(method), -(rate or 0)), f"{method} @ {rate}: {len(recs)} of {n} rows"))
@@ -255,8 +258,34 @@ def render(runs: Path, data: Path, records_dir: Path = RECORDS, previous: Path =
             notes.append("No records yet: " + ", ".join(f"`{m}`" for m in missing) + ".")
         if notes:
             parts.append("\n".join(notes) + "\n")
+        same = _peer_rows_table(name, n, groups)
+        if same:
+            parts.append(same)
     parts.append(FOOTER)
     return "\n".join(parts)
+
+
+def _peer_rows_table(name: str, n: int, groups: dict[tuple, list[dict]]) -> str:
+    """When LLMLingua 0.2.2 has records on fewer than ``n`` rows: every method on exactly those rows.
+
+    The peer's rows are those it finished at every rate it ran; a method and rate is listed when it has a record
+    on each of them, aggregated over those rows only, so the comparison is on the same rows."""
+    peer = {rate: {r["id"] for r in recs} for (m, rate), recs in groups.items() if m == PEER}
+    if not peer:
+        return ""
+    ids = set.intersection(*peer.values())
+    if not ids or len(ids) >= n:
+        return ""
+    summaries = []
+    for _, recs in sorted(groups.items(), key=lambda kv: (_method_rank(kv[0][0]), -(kv[0][1] or 0))):
+        on = [r for r in recs if r["id"] in ids]
+        if len({r["id"] for r in on}) == len(ids):
+            summaries.append(summarize(f"{name}.dev", on))
+    if len(summaries) <= len(peer):
+        return ""
+    return (f"On the {len(ids)} of {n} rows where `{PEER}` has finished every rate (the same rows for every "
+            f"method listed; methods without records on all of them are left out):\n\n"
+            + markdown_table(summaries) + "\n")
 
 
 def records_file(name: str) -> str:
