@@ -76,20 +76,22 @@ class CtxzipCompressor(_CtxzipFields, BaseDocumentCompressor):
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
-        if not any(d.page_content.strip() for d in documents):
+        texts = [d.page_content for d in documents]
+        if not any(t.strip() for t in texts):
             return []  # nothing to compress (ctxzip.compress rejects an empty context)
         result = ctxzip.compress(
-            [d.page_content for d in documents], question=query or None, **self._settings().kwargs()
+            texts, question=query or None, **self._settings().kwargs()
         )
         return self._outputs(documents, result)
 
     async def acompress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[Document]:
-        if not any(d.page_content.strip() for d in documents):
+        texts = [d.page_content for d in documents]
+        if not any(t.strip() for t in texts):
             return []  # nothing to compress (ctxzip.compress rejects an empty context)
         result = await ctxzip.acompress(
-            [d.page_content for d in documents], question=query or None, **self._settings().kwargs()
+            texts, question=query or None, **self._settings().kwargs()
         )
         return self._outputs(documents, result)
 

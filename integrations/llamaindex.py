@@ -70,19 +70,21 @@ class CtxzipNodePostprocessor(BaseNodePostprocessor):
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        if not any(t.strip() for t in self._texts(nodes)):
+        texts = self._texts(nodes)
+        if not any(t.strip() for t in texts):
             return []  # nothing to compress (ctxzip.compress rejects an empty context)
         question = query_bundle.query_str if query_bundle is not None else None
-        result = ctxzip.compress(self._texts(nodes), question=question, **self._settings().kwargs())
+        result = ctxzip.compress(texts, question=question, **self._settings().kwargs())
         return self._apply(nodes, result)
 
     async def _apostprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
     ) -> list[NodeWithScore]:
-        if not any(t.strip() for t in self._texts(nodes)):
+        texts = self._texts(nodes)
+        if not any(t.strip() for t in texts):
             return []  # nothing to compress (ctxzip.compress rejects an empty context)
         question = query_bundle.query_str if query_bundle is not None else None
-        result = await ctxzip.acompress(self._texts(nodes), question=question, **self._settings().kwargs())
+        result = await ctxzip.acompress(texts, question=question, **self._settings().kwargs())
         return self._apply(nodes, result)
 
 
