@@ -363,6 +363,24 @@ def test_cli_config_parsing():
         parse_configs(["novalue"], ["random"])
 
 
+@pytest.mark.parametrize("flags, qa_reader, code_reader", [
+    ([], None, "smollm2-135m"),
+    (["--reader", "gemma-3-270m"], "gemma-3-270m", "gemma-3-270m"),  # --reader also completes the code rows
+    (["--reader", "gemma-3-270m", "--code-reader", "smollm2-135m"], "gemma-3-270m", "smollm2-135m"),
+    (["--code-reader", "gemma-3-270m"], None, "gemma-3-270m"),
+    (["--reader", "gemma-3-270m", "--no-code-reader"], "gemma-3-270m", None),
+])
+def test_cli_reader_flags(flags, qa_reader, code_reader):
+    import argparse
+
+    from ctxzip.bench.cli import _configure, build_config
+
+    p = argparse.ArgumentParser()
+    _configure(p)
+    cfg = build_config(p.parse_args(["rows.jsonl", "-m", "truncate", "-r", "0.5", *flags]))
+    assert (cfg.reader, cfg.code_reader) == (qa_reader, code_reader)
+
+
 # ----------------------------------------------------------------------------------------------- peer bookkeeping
 def test_peer_tracker_follows_surviving_positions():
     t = _Tracker()

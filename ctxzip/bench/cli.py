@@ -47,10 +47,13 @@ def _configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--limit", "-n", type=int, help="only the first N rows")
     p.add_argument("--target-model", default="gpt-4o", help="LLM whose tokenizer counts tokens (default gpt-4o)")
-    p.add_argument("--reader", metavar="MODEL", help="QA reader model: adds reader_em and reader_nll")
     p.add_argument(
-        "--code-reader", default="smollm2-135m", metavar="MODEL",
-        help="model completing code rows for edit_similarity / exact_match (default smollm2-135m)",
+        "--reader", metavar="MODEL",
+        help="reader model: adds reader_em and reader_nll on QA rows, and completes code rows (unless --code-reader)",
+    )
+    p.add_argument(
+        "--code-reader", default=None, metavar="MODEL",
+        help="model completing code rows for edit_similarity / exact_match (default: --reader, else smollm2-135m)",
     )
     p.add_argument("--no-code-reader", action="store_true", help="skip the code reader (no edit_similarity)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
@@ -113,6 +116,7 @@ def parse_configs(items: list[str] | None, methods: list[str]) -> dict[str, dict
 
 
 def build_config(args: argparse.Namespace) -> Any:
+    from .reader import DEFAULT_READER
     from .runner import BenchConfig, Budget, split_methods
 
     methods: list[str] = []
@@ -129,7 +133,7 @@ def build_config(args: argparse.Namespace) -> Any:
         target_model=args.target_model,
         limit=args.limit,
         reader=args.reader,
-        code_reader=None if args.no_code_reader else args.code_reader,
+        code_reader=None if args.no_code_reader else (args.code_reader or args.reader or DEFAULT_READER),
         seed=args.seed,
         out=args.out,
         method_config=parse_configs(args.config, methods),
