@@ -99,9 +99,9 @@ each table and resume with the command above it (records and LLMLingua's own res
   carried over: its cells are incomparable. The table has 20 rows with reader version 2; all 47 rows at rate 0.25
   for the methods of issue #11 are in docs/benchmarks/codezip.md. LLMLingua 0.2.2 on code rows gets the code
   `prefix` as its question (the same request every ctxzip compressor gets). It crashes on the third row
-  (`code-dev-email/_header_value_parser.py:1879`, rate 0.25) with the same `get_prefix_length` AssertionError as qmsum had before the tokenizer fix (its
-  decode of the first 100 characters does not round-trip on this source); not investigated yet, so the peer has
-  2 of 20 rows there.
+  (`code-dev-email/_header_value_parser.py:1879`, rate 0.25) with the same `get_prefix_length` AssertionError
+  that qmsum hit before the tokenizer fix (its decode of the first 100 characters does not round-trip on this
+  source); not investigated yet, so the peer has 2 of 20 rows there.
 * The `auto` rows are `auto` version 2 (re-run on 2026-12-04; prose with a question goes to `lingua2`, so they
   equal `lingua2`'s there; kv75's JSON document is routed to the structured-data path, hence its 1.000).
 """
