@@ -13,7 +13,7 @@ import pytest
 
 from ctxzip.bench import metrics as M
 from ctxzip.bench.data import CodeRow, QARow, code_prompt, load_rows, split_code_files, task_name
-from ctxzip.bench.llmlingua_peer import _Tracker
+from ctxzip.bench.llmlingua_peer import _compress, _Tracker
 from ctxzip.bench.runner import BenchConfig, Budget, external_records, run_bench, score_row, summarize
 from ctxzip.errors import ConfigError, InputError
 
@@ -393,6 +393,35 @@ def test_peer_tracker_follows_surviving_positions():
     bad = _Tracker()
     bad.step([1, 2, 3], [4])
     assert not bad.ok and bad.final_positions() is None
+
+
+
+class _BoundaryPeer:
+    """Stands in for LLMLingua's PromptCompressor: fails like ``get_prefix_length`` while the question ends in
+    whitespace (the BPE merge across the question/context boundary) and records every call."""
+
+    def __init__(self, fail_always: bool = False) -> None:
+        self.calls: list[tuple[list[str], str]] = []
+        self.fail_always = fail_always
+
+    def compress_prompt(self, *, context, question, **kwargs):  # type: ignore[no-untyped-def]
+        self.calls.append((list(context), question))
+        if self.fail_always or question != question.rstrip():
+            raise AssertionError
+        return {"compressed_prompt": "".join(context)}
+
+
+def test_peer_retries_boundary_assertion_with_rstripped_question_only():
+    docs = ["\n  first doc", "second"]
+    pc = _BoundaryPeer()
+    res, rstripped = _compress(pc, _Tracker(), docs, "def f():\n", 5)
+    assert rstripped and res["compressed_prompt"] == "\n  first docsecond"
+    assert pc.calls == [(docs, "def f():\n"), (docs, "def f():")]  # documents passed unchanged both times
+    pc = _BoundaryPeer()
+    assert _compress(pc, _Tracker(), docs, "def f():", 5)[1] is False and len(pc.calls) == 1
+    for question in ["no trailing space", "trailing newline\n"]:  # a failure the retry cannot fix is raised
+        with pytest.raises(AssertionError):
+            _compress(_BoundaryPeer(fail_always=True), _Tracker(), docs, question, 5)
 
 
 # ----------------------------------------------------------------------------------------------- reader

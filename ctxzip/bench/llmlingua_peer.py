@@ -9,7 +9,7 @@ is started by ``ctxzip bench --method llmlingua-0.2.2`` as a script::
 
 Each request line is ``{"id", "rate", "docs": [str], "question": str}`` (written by ctxzip, which owns the task
 formats); each result line is ``{"id", "method", "rate", "context", "documents", "kept_docs", "seconds",
-"peak_rss_mb", "target_token", ...}``. ``context`` is LLMLingua's compressed context alone (no instruction or
+"peak_rss_mb", "target_token", "question_rstripped", ...}``. ``context`` is LLMLingua's compressed context alone (no instruction or
 question: ``instruction=""``, ``concate_question=False``, so neither is compressed nor added). ``documents`` holds
 the compressed text of every input document (``""`` when dropped), recovered by following which of LLMLingua's
 tokens survive each ``get_compressed_input`` step (an observation only: the calls and their results are
@@ -166,6 +166,35 @@ def _per_document(pc, tracker: _Tracker, n_docs: int) -> list[str] | None:  # ty
     return out
 
 
+def _compress(pc, tracker: _Tracker, docs: list[str], question: str, target: int):  # type: ignore[no-untyped-def]
+    """``pc.compress_prompt`` with the LongLLMLingua settings; returns ``(result, question_rstripped)``.
+
+    LLMLingua 0.2.2 locates the question/context boundary by re-tokenising ``question + "\\n\\n" + context[0]``
+    and asserts that the tokens after the question decode to the context's start (``get_prefix_length``). When
+    the question ends with a newline and the first document starts with one (code rows: the prefix ends with a
+    line break, a file window can start with a blank line), BPE merges the newlines across the boundary and the
+    assertion fails before anything is compressed. Only then is the call repeated once with the question's
+    trailing whitespace removed: the question only conditions the scores (``concate_question=False``), the
+    documents are passed unchanged, and the record says so (``question_rstripped``).
+    """
+    tracker.reset()
+    try:
+        res = pc.compress_prompt(
+            context=docs, instruction="", question=question, target_token=target,
+            concate_question=False, **SETTINGS,
+        )
+        return res, False
+    except AssertionError:
+        if question == question.rstrip():
+            raise
+    tracker.reset()
+    res = pc.compress_prompt(
+        context=docs, instruction="", question=question.rstrip(), target_token=target,
+        concate_question=False, **SETTINGS,
+    )
+    return res, True
+
+
 def _done(path: str) -> set[tuple[str, float]]:
     done: set[tuple[str, float]] = set()
     if os.path.exists(path):
@@ -209,12 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             docs = [str(d) for d in req["docs"]]
             question = str(req.get("question") or "")
             target = max(1, round(float(req["rate"]) * sum(pc.get_token_length(d) for d in docs)))
-            tracker.reset()
             t = time.perf_counter()
-            res = pc.compress_prompt(
-                context=docs, instruction="", question=question, target_token=target,
-                concate_question=False, **SETTINGS,
-            )
+            res, question_rstripped = _compress(pc, tracker, docs, question, target)
             seconds = time.perf_counter() - t
             documents = _per_document(pc, tracker, len(docs))
             rec = {
@@ -231,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                 "llmlingua_origin_tokens": res["origin_tokens"],
                 "llmlingua_compressed_tokens": res["compressed_tokens"],
                 "settings": SETTINGS,
+                "question_rstripped": question_rstripped,
             }
             out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             out.flush()
