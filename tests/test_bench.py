@@ -395,7 +395,6 @@ def test_peer_tracker_follows_surviving_positions():
     assert not bad.ok and bad.final_positions() is None
 
 
-
 class _BoundaryPeer:
     """Stands in for LLMLingua's PromptCompressor: fails like ``get_prefix_length`` while the question ends in
     whitespace (the BPE merge across the question/context boundary) and records every call."""

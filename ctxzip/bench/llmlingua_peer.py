@@ -9,9 +9,9 @@ is started by ``ctxzip bench --method llmlingua-0.2.2`` as a script::
 
 Each request line is ``{"id", "rate", "docs": [str], "question": str}`` (written by ctxzip, which owns the task
 formats); each result line is ``{"id", "method", "rate", "context", "documents", "kept_docs", "seconds",
-"peak_rss_mb", "target_token", "question_rstripped", ...}``. ``context`` is LLMLingua's compressed context alone (no instruction or
-question: ``instruction=""``, ``concate_question=False``, so neither is compressed nor added). ``documents`` holds
-the compressed text of every input document (``""`` when dropped), recovered by following which of LLMLingua's
+"peak_rss_mb", "target_token", "question_rstripped", ...}``. ``context`` is LLMLingua's compressed context alone
+(no instruction or question: ``instruction=""``, ``concate_question=False``, so neither is compressed nor
+added). ``documents`` holds the compressed text of every input document (``""`` when dropped), recovered by following which of LLMLingua's
 tokens survive each ``get_compressed_input`` step (an observation only: the calls and their results are
 unchanged); it is ``null`` when that bookkeeping does not reproduce LLMLingua's output exactly.
 
@@ -177,22 +177,19 @@ def _compress(pc, tracker: _Tracker, docs: list[str], question: str, target: int
     trailing whitespace removed: the question only conditions the scores (``concate_question=False``), the
     documents are passed unchanged, and the record says so (``question_rstripped``).
     """
-    tracker.reset()
-    try:
-        res = pc.compress_prompt(
-            context=docs, instruction="", question=question, target_token=target,
-            concate_question=False, **SETTINGS,
+
+    def call(q: str):  # type: ignore[no-untyped-def]
+        tracker.reset()
+        return pc.compress_prompt(
+            context=docs, instruction="", question=q, target_token=target, concate_question=False, **SETTINGS
         )
-        return res, False
+
+    try:
+        return call(question), False
     except AssertionError:
         if question == question.rstrip():
             raise
-    tracker.reset()
-    res = pc.compress_prompt(
-        context=docs, instruction="", question=question.rstrip(), target_token=target,
-        concate_question=False, **SETTINGS,
-    )
-    return res, True
+    return call(question.rstrip()), True
 
 
 def _done(path: str) -> set[tuple[str, float]]:
