@@ -134,11 +134,9 @@ _SIGNALS: tuple[tuple[str, str, float], ...] = (
 )
 
 
-def detect_language(text: str, *, hint: str | None = None, filename: str | None = None) -> str:
-    """Guess the language of ``text``: an explicit ``hint`` wins, then the file extension, then content cues.
-
-    Returns one of :data:`LANGUAGES` or ``"unknown"``.
-    """
+def declared_language(hint: str | None = None, filename: str | None = None) -> str | None:
+    """The language named by ``hint`` (a name or alias) or else by ``filename``'s extension; None when neither
+    names one of :data:`LANGUAGES`."""
     lang = normalize_language(hint)
     if lang is not None and lang != "unknown":
         return lang
@@ -146,6 +144,17 @@ def detect_language(text: str, *, hint: str | None = None, filename: str | None 
         m = re.search(r"(\.[A-Za-z+]+)\s*$", filename.strip())
         if m and m.group(1).lower() in _EXTENSIONS:
             return _EXTENSIONS[m.group(1).lower()]
+    return None
+
+
+def detect_language(text: str, *, hint: str | None = None, filename: str | None = None) -> str:
+    """Guess the language of ``text``: an explicit ``hint`` wins, then the file extension, then content cues.
+
+    Returns one of :data:`LANGUAGES` or ``"unknown"``.
+    """
+    lang = declared_language(hint, filename)
+    if lang is not None:
+        return lang
     sample = text[:20000]
     first = sample.lstrip().split("\n", 1)[0]
     if first.startswith("#!"):

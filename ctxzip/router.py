@@ -6,9 +6,13 @@ Detection is cheap and runs per document (:func:`detect`):
 type       detected when
 =========  ===================================================================================================
 json       the whole text parses as a JSON object or array
-code       Python that ``ast.parse`` accepts and that has statements (def, class, import, assignment, ...), or
-           >= 3 lines of which >= 40% look like C-family/JS/Go/Rust/Java code (``;``/``{``/``}`` line ends,
-           keywords such as ``function``, ``const``, ``#include``, ``fn``, ``func``, ``public``)
+code       the document declares it (``metadata["language"]`` such as ``"python"``, or a title with a source
+           extension such as ``utils.py``); Python that ``ast.parse`` accepts and that has statements (def,
+           class, import, assignment, ...); or >= 3 lines that look like code and make >= 40% of the lines
+           outside comments and triple-quoted strings: C-family/JS/Go/Rust/Java lines (``;``/``{``/``}`` line
+           ends, keywords such as ``function``, ``const``, ``#include``, ``fn``, ``func``, ``public``) and Python
+           statements (``name = ...``, ``name(...)``, ``elif ...:``, ``return``, ...), so a fragment cut out
+           of a file, which ``ast`` rejects, is still code
 logs       >= 3 lines of which >= 50% start with a timestamp or carry a log level (INFO, WARN, ERROR, ...)
 chat       >= 3 lines of which >= 50% start with a speaker (``Name: text``)
 prose      everything else
@@ -61,6 +65,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .base import GENERAL_OPTIONS, BaseCompressor, make_result, resolve_budget
+from .code_chunking import declared_language
 from .errors import BudgetError, ConfigError, UnknownNameError
 from .pipeline import Pipeline, Stage, first_available
 from .registry import compressor_class, list_compressors, register
@@ -103,6 +108,16 @@ _CODE_LINE = re.compile(
     r"public\b|private\b|protected\b|package\b|func\b|fn\b|impl\b|struct\b|class\b|interface\b|return\b|"
     r"def\b|//|/\*|\*/|@\w+)"
 )
+# Python statements that a fragment cut out of a file (so ``ast`` rejects it) is made of; prose does not start
+# its lines with ``name = value``, ``name(...)`` or ``elif ...:``. Counted with _CODE_LINE by _code_lines.
+_PY_LINE = re.compile(
+    r"^\s*(?:(?:async\s+)?def\s+\w+\s*\(|class\s+\w+\s*[(:]|(?:if|elif|while|with|for|except)\b.*:\s*(?:#.*)?$|"
+    r"(?:else|try|finally)\s*:\s*(?:#.*)?$|(?:return|yield|raise)\b|import\s+[\w.]+|from\s+[.\w]+\s+import\b|"
+    r"(?:pass|break|continue)\s*$|del\s+\w|"
+    r"[A-Za-z_][\w.]*(?:\[[^\]]*\])*\s*(?:[-+*/%|&^@]|//|\*\*|<<|>>)?=(?!=)\s*\S|"
+    r"[A-Za-z_][\w.]*\(.*\)\s*$)"
+)
+_TRIPLE = re.compile(r'"""|\'\'\'')
 _LOG_LINE = re.compile(
     r"^\s*(?:\[?\d{4}-\d{2}-\d{2}[T ]\d{1,2}:\d{2}|\[?\d{1,2}:\d{2}:\d{2}|[A-Z][a-z]{2}\s+\d{1,2} \d{2}:\d{2}:\d{2})"
     r"|\b(?:TRACE|DEBUG|INFO|NOTICE|WARN|WARNING|ERROR|CRITICAL|FATAL|SEVERE)\b"
@@ -153,10 +168,62 @@ def detect_body(text: str) -> tuple[str, str, tuple[int, int] | None]:
         speakers = sum(1 for ln in lines if _SPEAKER.match(ln))
         if speakers >= 0.5 * n:
             return "chat", f"{speakers}/{n} lines start with a speaker", None
-        code = sum(1 for ln in lines if _CODE_LINE.search(ln))
-        if code >= 0.4 * n:
-            return "code", f"{code}/{n} lines look like code", None
+        code, counted = _code_lines(lines)
+        if code >= 3 and code >= 0.4 * counted:
+            return "code", f"{code}/{counted} lines look like code (comments and docstrings aside)", None
     return "prose", "no code, JSON, log or chat structure", None
+
+
+def _declared_language(doc: Any) -> str | None:
+    """Why ``doc`` is code by what it says of itself (``metadata["language"]``, or a title with a source file
+    extension such as ``utils.py``), else None. Such a document skips content detection."""
+    meta = doc.metadata.get("language")
+    try:
+        lang = declared_language(meta if isinstance(meta, str) else None, doc.title or None)
+    except ConfigError:
+        lang = None
+    if lang is None:
+        return None
+    named = isinstance(meta, str) and declared_language(meta) == lang
+    return f"metadata language {meta!r}" if named else f"title {doc.title!r} names a {lang} file"
+
+
+def _code_lines(lines: Sequence[str]) -> tuple[int, int]:
+    """``(lines that look like code, lines counted)``: comment lines (``#`` not followed by a C directive) and
+    the lines inside triple-quoted strings are not counted, so a file cut out of a larger one (which ``ast``
+    rejects) whose docstrings and comments outweigh its statements is still found to be code. A window that starts
+    inside a string is recognised by its first unpaired triple quote closing one (:func:`_closes_string`)."""
+    first = next((i for i, ln in enumerate(lines) if len(_TRIPLE.findall(ln)) % 2), None)
+    # a quote on the first line that is not a comment opens a string (a module docstring), else it may close one
+    lead = next((i for i, ln in enumerate(lines) if not ln.lstrip().startswith("#")), None)
+    in_string = first is not None and first != lead and _closes_string(lines[first])
+    code = counted = 0
+    for ln in lines:
+        quotes = len(_TRIPLE.findall(ln))
+        if in_string or quotes:
+            if quotes % 2:
+                in_string = not in_string
+            continue
+        if _CODE_LINE.search(ln) or _PY_LINE.search(ln):
+            code += 1
+        elif ln.lstrip().startswith("#"):
+            continue
+        counted += 1
+    return code, counted
+
+
+def _closes_string(line: str) -> bool:
+    """Whether the triple quote of ``line`` ends a string: code right after it (a closing ``, re.VERBOSE)``),
+    text before it that does not open one (as ``x =``, ``f(`` or ``return`` do), or nothing on its line at all."""
+    m = _TRIPLE.search(line)
+    if m is None:
+        return False
+    before, after = line[: m.start()].strip(), line[m.end() :].strip()
+    if after[:1] in (",", ")", "]", "}"):
+        return True
+    if not before or re.fullmatch(r"[rbfuRBFU]{1,2}", before):
+        return not after  # a bare quote line: PEP 257 closes a multi-line docstring that way; openers carry text
+    return not before.endswith(("=", "(", "[", "{", ",", ":", "return"))
 
 
 def _parses_as_python(text: str) -> bool:
@@ -389,7 +456,8 @@ class Router:
     """Content-type routing over the whole request (see the module docstring)."""
 
     name: ClassVar[str] = "auto"
-    version: ClassVar[str] = "2"  # 2: prose_question routes to lingua2 alone
+    # 2: prose_question routes to lingua2 alone; 3: code found by declared language / title and in cut-out fragments
+    version: ClassVar[str] = "3"
     question_aware: ClassVar[bool] = True
 
     @dataclasses.dataclass(frozen=True)
@@ -469,7 +537,11 @@ class Router:
         out = []
         labels: dict[str, str] = {}  # one resolution per route (it checks which compressors are installed)
         for d in request.documents:
-            ctype, reason, body = detect_body(d.text)
+            declared = _declared_language(d)
+            if declared is not None:
+                ctype, reason, body = "code", declared, None
+            else:
+                ctype, reason, body = detect_body(d.text)
             if ctype == "json" and not request.protect.json:
                 ctype, reason, body = "prose", "JSON protection is off", None
             route = ctype if ctype in ("code", "json", "logs") else ("prose_question" if has_q else "prose")

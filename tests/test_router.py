@@ -100,6 +100,75 @@ def test_plan_resolves_first_available_candidate_and_is_visible_in_routes():
     assert rq.routes[0] == "prose:random" and rq.routes[2] == "json:json-values"
 
 
+def _cut_from_stdlib(module: str, first: int, last: int) -> str:
+    """About lines ``first..last`` of a standard-library source, the way a retriever or a context budget cuts
+    files: the window starts at the first indented line from ``first`` on, i.e. inside a block."""
+    import importlib
+    import inspect
+
+    lines = inspect.getsource(importlib.import_module(module)).splitlines(keepends=True)
+    start = next(i for i in range(first, len(lines)) if lines[i][:1] in (" ", "\t") and lines[i].strip())
+    return "".join(lines[start:last])
+
+
+@pytest.mark.parametrize(
+    "module, first, last",
+    [
+        ("email.feedparser", 150, 260),  # inside a class, cut mid-method at both ends
+        ("json.decoder", 20, 120),  # constants, a cut-off function and its docstring
+        ("email._parseaddr", 40, 140),  # mostly comments and docstrings at the top
+    ],
+)
+def test_python_cut_out_of_a_file_is_code_although_ast_rejects_it(module, first, last):
+    text = _cut_from_stdlib(module, first, last)
+    with pytest.raises(SyntaxError):
+        ast.parse(text)
+    ctype, reason = detect(text)
+    assert ctype == "code", reason
+
+
+def test_a_window_that_starts_inside_a_docstring_is_code():
+    import inspect
+    import json.decoder
+
+    lines = inspect.getsource(json.decoder).splitlines(keepends=True)
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("class JSONDecoder")) + 3  # in its docstring
+    text = "".join(lines[start : start + 150])
+    ctype, reason = detect(text)
+    assert ctype == "code", reason
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # hard-wrapped prose whose lines start with Python keywords now and then
+        "The library will open in May if the budget passes.\nfor now the branches keep their hours, and\n"
+        "return dates for loans are moved by a week. The board (and the mayor) agreed that\n"
+        "with the new hours staff rotate weekly; the union was consulted.\nNobody objected at the meeting.\n"
+        "Minutes were approved without changes.\nThe next meeting is on the 4th.",
+        # Markdown: headings are '#' lines, a short list, one assignment-like line
+        "# Release notes\n\n## Fixed\n\n- the importer no longer hangs\n- timeout = 30 s by default\n"
+        "- the docs build again\n\nThanks to everyone who reported these.\nMore in the changelog.",
+    ],
+)
+def test_prose_with_code_words_is_not_code(text):
+    assert detect(text)[0] != "code", detect(text)[1]
+
+
+@pytest.mark.parametrize(
+    "doc, reason",
+    [
+        ({"text": "    x = f(a\n  )\nnot parseable here", "title": "pkg/utils.py"}, "names a python file"),
+        ({"text": "some text that says nothing", "language": "go"}, "metadata language 'go'"),
+    ],
+)
+def test_a_document_that_declares_its_language_takes_the_code_route(doc, reason):
+    router = Router(routes=FAST)
+    plan = router.plan(ctxzip.CompressionRequest.create([doc, "Plain words about the weather today."], rate=0.5))
+    assert plan[0]["type"] == "code" and reason in plan[0]["reason"]
+    assert plan[1]["type"] == "prose"
+
+
 def test_default_routes_fall_back_to_what_is_installed():
     router = Router()
     installed = set(ctxzip.list_compressors())
