@@ -110,7 +110,8 @@ each table and resume with the command above it (records and LLMLingua's own res
   Python windows cut out of files, which `ast` rejects); every document of the five QA files gets the same
   type from both versions (checked over all of them), so their rows stand. The code.dev rows are version 3:
   version 2 sent 35 of code.dev's 117 file documents (cut or docstring-heavy files) to the prose route
-  (docs/pipelines.md).
+  (docs/pipelines.md); version 3 sends all of them to `codezip`, and its rows equal `codezip`'s (the same
+  token counts on every row and rate, edit similarity 0.355 / 0.330 / 0.332).
 """
 
 
