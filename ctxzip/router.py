@@ -178,10 +178,7 @@ def _declared_language(doc: Any) -> str | None:
     """Why ``doc`` is code by what it says of itself (``metadata["language"]``, or a title with a source file
     extension such as ``utils.py``), else None. Such a document skips content detection."""
     meta = doc.metadata.get("language")
-    try:
-        lang = declared_language(meta if isinstance(meta, str) else None, doc.title or None)
-    except ConfigError:
-        lang = None
+    lang = declared_language(meta if isinstance(meta, str) else None, doc.title or None)
     if lang is None:
         return None
     named = isinstance(meta, str) and declared_language(meta) == lang

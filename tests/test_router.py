@@ -271,3 +271,10 @@ def test_mixed_fixture_python_still_parses_with_codezip():
     json.loads(r.documents[2].text)
     budget = round(0.4 * r.origin_tokens)
     assert abs(r.compressed_tokens - budget) <= 0.05 * budget
+
+
+def test_a_language_that_is_not_a_known_name_falls_back_to_the_text():
+    router = Router(routes=FAST)
+    docs = [{"text": "Plain words about the weather.", "language": 3}, {"text": "More words.", "language": "klingon"}]
+    plan = router.plan(ctxzip.CompressionRequest.create(docs, rate=0.5))
+    assert [p["type"] for p in plan] == ["prose", "prose"]
