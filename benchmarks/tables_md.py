@@ -40,8 +40,8 @@ ORDER = ["truncate", 'truncate(side="tail")', "random", "embed-rank", "longlingu
 RATES = (0.5, 0.25, 0.1)
 CODE_ONLY = ('truncate(side="tail")', "codezip")
 PEER = "llmlingua-0.2.2"
-# code.dev: the code-aware compressors (codezip, auto's code route), the baselines, lingua2 and the reference (longlingua only at 0.25, see
-# codezip.md)
+# code.dev: the code-aware compressors (codezip, auto's code route), the baselines, lingua2 and the reference
+# (longlingua only at 0.25, see codezip.md)
 CODE_METHODS = ["truncate", 'truncate(side="tail")', "random", "embed-rank", "lingua2", "codezip", "auto", PEER]
 
 # column labels of ctxzip.bench.sweep.markdown_table, in its column order (to merge carried-over rows)

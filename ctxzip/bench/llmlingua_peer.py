@@ -11,9 +11,9 @@ Each request line is ``{"id", "rate", "docs": [str], "question": str}`` (written
 formats); each result line is ``{"id", "method", "rate", "context", "documents", "kept_docs", "seconds",
 "peak_rss_mb", "target_token", "question_rstripped", ...}``. ``context`` is LLMLingua's compressed context alone
 (no instruction or question: ``instruction=""``, ``concate_question=False``, so neither is compressed nor
-added). ``documents`` holds the compressed text of every input document (``""`` when dropped), recovered by following which of LLMLingua's
-tokens survive each ``get_compressed_input`` step (an observation only: the calls and their results are
-unchanged); it is ``null`` when that bookkeeping does not reproduce LLMLingua's output exactly.
+added). ``documents`` holds the compressed text of every input document (``""`` when dropped), recovered by
+following which of LLMLingua's tokens survive each ``get_compressed_input`` step (an observation only: the
+calls and their results are unchanged); it is ``null`` when that bookkeeping does not reproduce LLMLingua's output exactly.
 
 The budget: ``target_token = rate x`` the documents' length as LLMLingua itself counts it (``get_token_length``),
 i.e. LLMLingua's own notion of ``rate`` applied to the context. ctxzip measures the achieved rate itself.
